@@ -1,0 +1,1 @@
+"""The model side of the kit: weights, models, train, export, evaluate, shift, score, leaderboard."""

@@ -1,0 +1,259 @@
+"""`hack`: one click group that mounts every stage of the kit. Logic lives in the modules; each
+command here parses flags, calls one function and prints where the result is."""
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from labeling.errors import KitError
+
+
+class KitGroup(click.Group):
+    """Prints a KitError as one line (the file and the fix) and exits 1; --verbose adds the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KitError as e:
+            if ctx.params.get("verbose"):
+                traceback.print_exc()
+            click.secho(f"error: {e}", fg="red", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=KitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--project", "project", type=click.Path(file_okay=False, path_type=Path),
+              help="The workspace folder (default: found from the current folder upwards).")
+@click.option("--verbose", "-v", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx, project, verbose):
+    """The hackathon kit: phone photos to a judged GluonCV detector in one evening.
+
+    \b
+    A team's evening, in order:
+      hack init fishy --classes fish,shark     a workspace with its class list
+      cd fishy && hack import ~/phone/DCIM --scene tank-a
+      hack label --member 1/3                  label your share in labelme
+      hack check                               every problem, with its fix
+      hack pack photos --out data              train/val RecordIO
+      hack show data/train.rec --out grid.png  look at what training will see
+
+    `hack doctor` says what is installed and what is wrong. `hack COMMAND --help` for each.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["project"] = project
+
+
+def workspace(ctx, required=True):
+    from labeling.workspace import find_workspace
+
+    return find_workspace(ctx.obj.get("project"), required=required)
+
+
+def classes_for(ctx, classes_csv, labels_file):
+    """--classes/--labels when given, else the workspace's class list."""
+    from labeling.workspace import classes_from_option
+
+    classes = classes_from_option(classes_csv, labels_file)
+    if classes is None:
+        ws = workspace(ctx, required=False)
+        if ws is None:
+            raise KitError("no class list: run inside a workspace (`hack init`), or pass --classes a,b or --labels FILE.")
+        classes = ws.classes
+    return classes
+
+
+classes_option = click.option("--classes", "classes_csv", metavar="A,B", help="Comma-separated class names.")
+labels_option = click.option("--labels", "labels_file", type=click.Path(dir_okay=False, path_type=Path),
+                             help="A labels file, one class a line (labelme's format).")
+
+
+@cli.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@classes_option
+@labels_option
+def init_cmd(directory, classes_csv, labels_file):
+    """Create a workspace DIRECTORY with its class list.
+
+    \b
+    Example:
+      hack init fishy --classes fish,jellyfish,shark
+      hack init fishy --labels labels.txt
+    """
+    from labeling.workspace import classes_from_option, init_workspace
+
+    ws = init_workspace(directory, classes_from_option(classes_csv, labels_file))
+    click.echo(f"workspace {ws.root}: {len(ws.classes)} classes ({', '.join(ws.classes)}); "
+               f"photos go to {ws.photos_dir}. Next: cd {ws.root} && hack import PHOTOS --scene NAME")
+
+
+@cli.command("import")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--scene", default="default", show_default=True, help="Where these photos were shot (a folder per scene).")
+@click.option("--max-side", default=1024, show_default=True, type=int, help="Downscale so the long side is at most this.")
+@click.pass_context
+def import_cmd(ctx, sources, scene, max_side):
+    """Copy phone photos (files or folders) into the workspace.
+
+    Pixels are made upright from EXIF, HEIC/PNG are read, photos are downscaled once, GPS and all
+    other metadata are dropped, and exact or near duplicates are skipped. Originals are only read.
+
+    \b
+    Example:
+      hack import ~/phone/DCIM IMG_0042.HEIC --scene tank-a
+    """
+    from labeling.importing import import_photos
+
+    ws = workspace(ctx)
+    summary = import_photos(ws, sources, scene=scene, max_side=max_side)
+    for _, message in summary.failed:
+        click.secho(f"error: {message}", fg="red", err=True)
+    click.echo(f"{summary.line()} into {ws.photos_dir / scene}")
+    if summary.failed:
+        sys.exit(1)
+
+
+@cli.command("label")
+@click.argument("folder", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--member", metavar="K/N", help="Open only the K-th of N shares, so a team labels in parallel.")
+@click.option("--print-command", is_flag=True, help="Print the labelme command instead of starting it.")
+@click.pass_context
+def label_cmd(ctx, folder, member, print_command):
+    """Open labelme on the workspace photos: rectangles, the team's classes, autosave.
+
+    \b
+    Example (a team of three, one laptop each or one after another):
+      hack label --member 1/3
+    Draw: Ctrl+R, click two corners, type the class, Enter. Next photo: D.
+    The team guide: labeling/GUIDE.md.
+    """
+    from labeling import label
+
+    ws = workspace(ctx)
+    command, shown = label.prepare_labelme(folder or ws.photos_dir, ws.classes, ws.state_dir,
+                                           label.parse_member(member) if member else None)
+    if print_command:
+        click.echo(" ".join(command))
+        return
+    label.check_can_start()
+    click.echo(f"labelme: {len(shown)} photo(s){' in share ' + member if member else ''}; labels save beside them.")
+    code = label.run_labelme(command)
+    if code:
+        raise KitError(f"labelme exited with code {code}. Fix: run `hack doctor` to see what is wrong.")
+
+
+@cli.command("check")
+@click.argument("label_dirs", nargs=-1, type=click.Path(path_type=Path))
+@classes_option
+@labels_option
+@click.option("--quiet", "-q", is_flag=True, help="Errors only, no warnings or table.")
+@click.pass_context
+def check_cmd(ctx, label_dirs, classes_csv, labels_file, quiet):
+    """Validate labelme JSON (labelme 4.x and 5.x) against the class list and the photos.
+
+    Prints each problem with its file and fix, then boxes per class and scene.
+    Exit 1 when there are errors, 0 with warnings only.
+
+    \b
+    Example:
+      hack check                     # the workspace photos
+      hack check labels/ --labels classes.txt
+    """
+    from labeling.check import check_labels
+
+    classes = classes_for(ctx, classes_csv, labels_file)
+    report = check_labels(label_dirs or [workspace(ctx).photos_dir], classes)
+    print_report(report, quiet)
+    if report.errors:
+        sys.exit(1)
+
+
+def print_report(report, quiet=False):
+    for p in report.problems:
+        if p.severity == "error" or not quiet:
+            click.secho(str(p), fg="red" if p.severity == "error" else "yellow", err=True)
+    if not quiet:
+        click.echo(report.table())
+    click.echo(report.summary())
+
+
+@cli.command("pack")
+@click.argument("labels", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=float, help="Share of photos held out for validation.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the train/val split.")
+@click.option("--val-scene", help="Hold out every photo of this scene instead (a shift-aware validation).")
+@click.option("--max-side", type=int, help="Downscale so the long side is at most this (default: keep).")
+@click.option("--workers", type=int, help="Decoding processes (default: one per core).")
+@classes_option
+@labels_option
+@click.pass_context
+def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers, classes_csv, labels_file):
+    """Check LABELS (labelme folders or files), then write train/val RecordIO to --out.
+
+    Writes train and val as .rec + .idx + .lst in im2rec's detection layout, classes.txt and
+    manifest.json. Pixels are made upright and resized once. Same inputs, same bytes.
+
+    \b
+    Example:
+      hack pack photos --out data --val-fraction 0.2 --seed 0
+      hack pack photos --out data --val-scene tank-b
+    """
+    from labeling.check import check_labels
+    from labeling.pack import pack_dataset
+
+    classes = classes_for(ctx, classes_csv, labels_file)
+    roots = labels or [workspace(ctx).photos_dir]
+    report = check_labels(roots, classes)
+    print_report(report, quiet=True)
+    manifest = pack_dataset(roots, out, classes, val_fraction=val_fraction, seed=seed, val_scene=val_scene,
+                            max_side=max_side, workers=workers, report=report)
+    for w in manifest["warnings"]:
+        click.secho(f"warning: {w}", fg="yellow", err=True)
+    s = manifest["splits"]
+    click.echo(f"packed {s['train']['images']} train / {s['val']['images']} val photos "
+               f"({s['train']['boxes']} / {s['val']['boxes']} boxes) into {out}. Next: hack show {out / 'train.rec'}")
+
+
+@cli.command("show")
+@click.argument("rec", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", default="grid.png", show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-n", "count", default=16, show_default=True, type=int, help="How many samples.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def show_cmd(rec, out, count, seed):
+    """Draw a grid of packed samples with their boxes and class names (read from the .rec itself).
+
+    \b
+    Example:
+      hack show data/train.rec --out grid.png -n 16
+    """
+    from labeling.show import show_grid
+
+    shown = show_grid(rec, out, n=count, seed=seed)
+    click.echo(f"{len(shown)} samples drawn in {out}")
+
+
+@cli.command("doctor")
+def doctor_cmd():
+    """Say what is installed and what is wrong, each with its fix.
+
+    Checks Python, numpy, mxnet, gluoncv, torch beside gluoncv, GPUs, OpenCV's Qt, labelme's window
+    and the screen. Exit 1 when something the kit needs is broken.
+    """
+    from hackathon.doctor import run_checks
+
+    results = run_checks()
+    for status, what, detail in results:
+        color = {"ok": "green", "warn": "yellow", "FAIL": "red"}[status]
+        click.echo(click.style(f"{status:>4}", fg=color) + f"  {what}: {detail}")
+    if any(status == "FAIL" for status, _, _ in results):
+        sys.exit(1)
+
+
+def main():
+    cli(prog_name="hack")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""`hack import`: phone photos into a workspace, upright, downscaled once, metadata-free, de-duplicated.
+
+Originals are only read. Each stored photo is written atomically; the index of what was
+imported (source checksum, perceptual hash, scene) lives in `.hack/photos.json` and is rebuilt
+from the photos themselves when it is missing or stale, so a killed import loses nothing.
+"""
+import hashlib
+import json
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from labeling.errors import KitError
+from labeling.fileutil import display, write_bytes_atomic, write_json_atomic
+from labeling.photos import dhash, encode_jpeg, hamming, is_image_name, open_upright, upright_size
+from labeling.workspace import Workspace, check_scene_name
+
+NEAR_DUPLICATE_BITS = 3  # dHash distance: burst shots and re-sent copies; distinct shots differ more
+JPEG_QUALITY = 92
+
+
+@dataclass
+class ImportSummary:
+    imported: list = field(default_factory=list)
+    exact_duplicates: list = field(default_factory=list)
+    near_duplicates: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # (source, message)
+    labels: list = field(default_factory=list)  # photos whose labelme JSON came along
+
+    def line(self) -> str:
+        parts = [f"imported {len(self.imported)} photo(s)"]
+        if self.exact_duplicates:
+            parts.append(f"{len(self.exact_duplicates)} exact duplicate(s) skipped")
+        if self.near_duplicates:
+            parts.append(f"{len(self.near_duplicates)} near duplicate(s) skipped")
+        if self.labels:
+            parts.append(f"{len(self.labels)} with their labelme labels")
+        if self.failed:
+            parts.append(f"{len(self.failed)} unreadable (listed above)")
+        return ", ".join(parts)
+
+
+def collect_sources(sources) -> list:
+    """Files as named, and image files found below named folders, in a stable order."""
+    found = []
+    for src in sources:
+        src = Path(src)
+        if src.is_dir():
+            for root, dirs, files in os.walk(src):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [Path(root) / f for f in sorted(files) if is_image_name(f) and not f.startswith(".")]
+        elif src.exists():
+            found.append(src)
+        else:
+            raise KitError(f"{display(src)}: no such file or folder. Fix: check the path.")
+    return found
+
+
+def safe_stem(path) -> str:
+    """A file name stem that works in labelme, RecordIO lists and every OS: letters of any script
+    are kept; spaces, path characters and bytes that are not UTF-8 become '_'."""
+    stem = os.fsdecode(Path(path).stem).encode("utf-8", "replace").decode("utf-8")
+    stem = unicodedata.normalize("NFC", stem)
+    stem = re.sub(r"[^\w.-]+", "_", stem, flags=re.UNICODE).strip("._")
+    return stem[:80] or "photo"
+
+
+def load_index(ws: Workspace) -> dict:
+    """The import index, reconciled with the photos on disk (entries for vanished photos dropped,
+    photos with no entry hashed anew)."""
+    entries = {}
+    if ws.index_file.exists():
+        try:
+            entries = json.loads(ws.index_file.read_text("utf-8")).get("photos", {})
+        except (ValueError, AttributeError):
+            entries = {}
+    on_disk = {}
+    for scene in ws.scenes():
+        for p in sorted((ws.photos_dir / scene).iterdir()):
+            if p.is_file() and is_image_name(p.name) and not p.name.startswith("."):
+                rel = p.relative_to(ws.photos_dir).as_posix()
+                e = entries.get(rel)
+                if not e or "dhash" not in e:
+                    e = {"scene": scene, "source_sha256": None, "dhash": format(dhash(open_upright(p, 256)), "016x")}
+                on_disk[rel] = e
+    return on_disk
+
+
+def save_index(ws: Workspace, entries: dict):
+    write_json_atomic(ws.index_file, {"version": 1, "photos": dict(sorted(entries.items()))})
+
+
+def import_photos(ws: Workspace, sources, scene="default", max_side=1024, progress=True) -> ImportSummary:
+    """Copy photos into `ws/photos/<scene>/`; see the module docstring for what is done to them."""
+    check_scene_name(scene)
+    if max_side is not None and max_side < 64:
+        raise KitError(f"--max-side {max_side} is too small for detection. Fix: use 512 or more (default 1024).")
+    files = collect_sources(sources)
+    if not files:
+        raise KitError("no photos found in " + ", ".join(display(s) for s in sources)
+                       + ". Fix: point at the photo files or the folder that holds them (.jpg .png .heic).")
+    index = load_index(ws)
+    by_sha = {e["source_sha256"]: rel for rel, e in index.items() if e.get("source_sha256")}
+    hashes = [(int(e["dhash"], 16), rel) for rel, e in index.items()]
+    out_dir = ws.photos_dir / scene
+    out_dir.mkdir(parents=True, exist_ok=True)
+    taken = {p.stem.casefold() for p in ws.photos_dir.glob("*/*") if p.is_file()}
+    summary = ImportSummary()
+    for n, src in enumerate(tqdm(files, desc="import", unit="photo", disable=not progress), 1):
+        name = display(src)
+        try:
+            data = src.read_bytes()
+        except OSError as e:
+            summary.failed.append((name, f"{name}: cannot read ({e.strerror}). Fix: check the file's permissions."))
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        if sha in by_sha:
+            summary.exact_duplicates.append((name, by_sha[sha]))
+            continue
+        try:
+            im = open_upright(data, max_side, name=name)
+        except KitError as e:
+            summary.failed.append((name, str(e)))
+            continue
+        h = dhash(im)
+        near = next((rel for hh, rel in hashes if hamming(h, hh) <= NEAR_DUPLICATE_BITS), None)
+        if near:
+            summary.near_duplicates.append((name, near))
+            continue
+        stem = _unique_stem(safe_stem(src), taken)
+        rel = f"{scene}/{stem}.jpg"
+        write_bytes_atomic(out_dir / f"{stem}.jpg", encode_jpeg(im, JPEG_QUALITY))
+        carried = carry_labels(src, out_dir / f"{stem}.json", im.size)
+        if carried is True:
+            summary.labels.append(rel)
+        elif carried:
+            summary.failed.append((name, carried))
+        index[rel] = {"scene": scene, "source": Path(name).name, "source_sha256": sha,
+                      "dhash": format(h, "016x"), "width": im.width, "height": im.height}
+        by_sha[sha] = rel
+        hashes.append((h, rel))
+        summary.imported.append(rel)
+        if n % 25 == 0:
+            save_index(ws, index)
+    save_index(ws, index)
+    return summary
+
+
+def carry_labels(src: Path, dest_json: Path, new_size):
+    """Bring a photo's labelme JSON along, its points scaled to the stored photo.
+
+    Returns None (no JSON beside the photo), True (carried), or a message when the labels do not
+    fit the photo (the photo is still imported; the JSON is left where it is).
+    """
+    src_json = src.with_suffix(".json")
+    if not src_json.is_file():
+        return None
+    name = display(src_json)
+    try:
+        d = json.loads(src_json.read_text("utf-8-sig"))
+        shapes = d["shapes"]
+        w, h = upright_size(src)
+        if d.get("imageWidth") and (d["imageWidth"], d.get("imageHeight")) != (w, h):
+            return (f"{name}: its labels are for a {d['imageWidth']}x{d.get('imageHeight')} image but the upright "
+                    f"photo is {w}x{h}; the photo was imported without them. Fix: label it again with `hack label`.")
+        sx, sy = new_size[0] / w, new_size[1] / h
+        for shape in shapes:
+            shape["points"] = [[round(x * sx, 2), round(y * sy, 2)] for x, y in shape["points"]]
+    except (ValueError, KeyError, TypeError, OSError, KitError) as e:
+        return f"{name}: not a readable labelme file ({e}); the photo was imported without it. Fix: label it again."
+    d.update(imagePath=dest_json.with_suffix(".jpg").name, imageData=None,
+             imageWidth=new_size[0], imageHeight=new_size[1])
+    write_json_atomic(dest_json, d)
+    return True
+
+
+def _unique_stem(stem, taken):
+    candidate, k = stem, 1
+    while candidate.casefold() in taken:
+        k += 1
+        candidate = f"{stem}_{k}"
+    taken.add(candidate.casefold())
+    return candidate
