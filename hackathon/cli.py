@@ -234,6 +234,22 @@ def show_cmd(rec, out, count, seed):
     click.echo(f"{len(shown)} samples drawn in {out}")
 
 
+@cli.command("demo")
+@click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the demo workspace goes (rebuilt on each run).")
+def demo_cmd(out):
+    """Run the kit's main job on its bundled sample (60 aquarium photos), offline.
+
+    \b
+    Example:
+      hack demo --out demo      # then open demo/train-grid.png
+    """
+    from hackathon.demo import run_demo
+
+    results = run_demo(out, echo=click.echo)
+    click.echo(f"demo done: workspace {results['workspace']}, data {results['data']}, grid {results['grid']}")
+
+
 @cli.command("doctor")
 def doctor_cmd():
     """Say what is installed and what is wrong, each with its fix.

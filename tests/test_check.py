@@ -1,0 +1,212 @@
+"""hack check: every kind of labeling mistake is named with its file and fix; valid files pass."""
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hackathon.cli import cli
+from labeling.check import check_labels
+from labeling.workspace import read_classes
+from labelme_data import labeled_set, labelme_json, photo, rect
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "labelme-examples"
+CLASSES = ["fish", "shark"]
+
+
+def one(tmp_path, shapes, size=(320, 240), **extra):
+    p = photo(tmp_path / "a.jpg", size=size)
+    labelme_json(p, shapes, **extra)
+    return check_labels([tmp_path], CLASSES)
+
+
+def messages(report, severity=None):
+    return [p.message for p in report.problems if severity in (None, p.severity)]
+
+
+def test_valid_file_gives_its_boxes(tmp_path):
+    r = one(tmp_path, [rect("fish", 10, 20, 110, 120), rect("shark", 150, 100, 300, 200)])
+    assert not r.problems
+    assert r.items[0].boxes == [(0, 10, 20, 110, 120), (1, 150, 100, 300, 200)]
+    assert (r.items[0].width, r.items[0].height) == (320, 240)
+
+
+def test_reversed_corners_are_valid(tmp_path):
+    r = one(tmp_path, [rect("fish", 110, 120, 10, 20)])
+    assert not r.errors and r.items[0].boxes == [(0, 10, 20, 110, 120)]
+
+
+def test_unknown_label_is_an_error_with_the_nearest_class(tmp_path):
+    r = one(tmp_path, [rect("fsh", 10, 10, 50, 50)])
+    assert len(r.errors) == 1 and not r.items
+    msg = r.errors[0].message
+    assert "unknown class 'fsh'" in msg and "did you mean 'fish'" in msg and "Fix:" in msg
+    assert r.errors[0].file.endswith("a.json")
+
+
+def test_case_and_stray_spaces_are_mended_with_a_warning(tmp_path):
+    r = one(tmp_path, [rect("Fish ", 10, 10, 50, 50), rect(" shark", 60, 60, 120, 120)])
+    assert not r.errors and len(r.warnings) == 2
+    assert "taken as 'fish'" in r.warnings[0].message
+    assert [b[0] for b in r.items[0].boxes] == [0, 1]
+
+
+def test_polygon_gives_its_bounding_box_and_a_warning(tmp_path):
+    poly = {"label": "fish", "points": [[10, 40], [60, 10], [90, 70], [30, 90]], "shape_type": "polygon"}
+    r = one(tmp_path, [poly])
+    assert not r.errors and "polygon" in r.warnings[0].message
+    assert r.items[0].boxes == [(0, 10, 10, 90, 90)]
+
+
+@pytest.mark.parametrize("kind,points", [("circle", [[50, 50], [60, 60]]), ("line", [[1, 1], [50, 50]]),
+                                         ("point", [[5, 5]]), ("linestrip", [[1, 1], [9, 9], [20, 3]])])
+def test_non_box_shapes_are_rejected(tmp_path, kind, points):
+    r = one(tmp_path, [{"label": "fish", "points": points, "shape_type": kind}])
+    assert len(r.errors) == 1 and "not a box" in r.errors[0].message and not r.items
+
+
+def test_degenerate_and_outside_boxes(tmp_path):
+    r = one(tmp_path, [rect("fish", 10, 10, 10.5, 80)])
+    assert "too thin" in r.errors[0].message
+    r = one(tmp_path, [rect("fish", 400, 300, 500, 400)])
+    assert "outside the 320x240 photo" in r.errors[0].message
+
+
+def test_box_partly_off_the_photo_is_clipped_with_a_warning(tmp_path):
+    r = one(tmp_path, [rect("fish", -30, 200, 100, 300)])
+    assert not r.errors and "clipped" in r.warnings[0].message
+    assert r.items[0].boxes == [(0, 0.0, 200.0, 100.0, 240.0)]
+    r = one(tmp_path, [rect("fish", -0.5, 0, 100, 240.4)])  # labelme's own sub-pixel overshoot: silent
+    assert not r.problems
+
+
+def test_json_size_differs_from_the_photo(tmp_path):
+    r = one(tmp_path, [rect("fish", 1, 1, 50, 50)], size=(320, 240))
+    p = labelme_json(tmp_path / "a.jpg", [rect("fish", 1, 1, 50, 50)], size=(640, 480))
+    r = check_labels([p], CLASSES)
+    assert "says 640x480 but the upright photo is 320x240" in r.errors[0].message
+    p = labelme_json(tmp_path / "a.jpg", [rect("fish", 1, 1, 50, 50)], size=(240, 320))
+    r = check_labels([p], CLASSES)
+    assert "sideways" in r.errors[0].message
+
+
+def test_missing_image_and_photo_without_json(tmp_path):
+    p = photo(tmp_path / "a.jpg")
+    j = labelme_json(p, [rect("fish", 1, 1, 50, 50)])
+    p.unlink()
+    photo(tmp_path / "b.jpg")
+    r = check_labels([tmp_path], CLASSES)
+    assert "photo is missing" in r.errors[0].message and r.errors[0].file == str(j)
+    assert any("have no labels yet" in w.message and "b.jpg" in w.file for w in r.warnings)
+
+
+def test_image_found_beside_json_when_imagepath_is_stale(tmp_path):
+    p = photo(tmp_path / "a.jpg")
+    labelme_json(p, [rect("fish", 1, 1, 50, 50)], imagePath="..\\old folder\\a.jpg")
+    r = check_labels([tmp_path], CLASSES)
+    assert not r.errors and r.items[0].image_source == p
+
+
+def test_duplicate_boxes_keep_one(tmp_path):
+    r = one(tmp_path, [rect("fish", 10, 10, 100, 100), rect("fish", 11, 10, 100, 101), rect("shark", 10, 10, 100, 100)])
+    assert not r.errors and "same object" in r.warnings[0].message
+    assert [b[0] for b in r.items[0].boxes] == [0, 1]
+
+
+@pytest.mark.parametrize("content,why", [(b"", "empty"), (b"{not json", "invalid JSON"),
+                                         (b'{"annotations": []}', "no 'shapes'"), (b"\xff\xfe\x00garbage", "not")])
+def test_files_that_are_not_labelme(tmp_path, content, why):
+    labeled_set(tmp_path, n=2)
+    (tmp_path / "zz.json").write_bytes(content)
+    r = check_labels([tmp_path], CLASSES)
+    assert len(r.errors) == 1 and why in r.errors[0].message and r.errors[0].file.endswith("zz.json")
+    assert len(r.items) == 2, "one bad file must not hide the good ones"
+
+
+def test_embedded_image_data_is_valid_without_the_photo(tmp_path):
+    src = FIXTURES / "tutorial"
+    if not src.is_dir():
+        pytest.skip("../shared fixtures absent")
+    shutil.copy(src / "apc2016_obj3.json", tmp_path)  # the JSON alone: the photo is inside it
+    labels = sorted({s["label"] for s in json.loads((src / "apc2016_obj3.json").read_text())["shapes"]})
+    r = check_labels([tmp_path], labels)
+    assert not r.errors and len(r.items) == 1 and isinstance(r.items[0].image_source, bytes)
+    assert len(r.items[0].boxes) == 4  # four polygons, each as its bounding box
+
+
+def test_labelme4_files_match_labelmes_own_voc_export():
+    if not FIXTURES.is_dir():
+        pytest.skip("../shared fixtures absent")
+    classes = read_classes(FIXTURES / "bbox_detection" / "labels.txt")
+    assert "__ignore__" not in classes and "potted plant" in classes
+    r = check_labels([FIXTURES / "bbox_detection" / "data_annotated"], classes)
+    assert not r.problems and len(r.items) == 3
+    for item in r.items:
+        xml = FIXTURES / "bbox_detection" / "data_dataset_voc" / "Annotations" / (item.json_path.stem + ".xml")
+        voc = [(classes.index(o.find("name").text),) + tuple(float(o.find("bndbox").find(k).text)
+                                                            for k in ("xmin", "ymin", "xmax", "ymax"))
+               for o in ET.parse(xml).getroot().iter("object")]
+        assert [v for b in sorted(item.boxes) for v in b] == pytest.approx([v for b in sorted(voc) for v in b])
+
+
+def test_every_shape_type_of_labelme(tmp_path):
+    if not FIXTURES.is_dir():
+        pytest.skip("../shared fixtures absent")
+    src = FIXTURES / "primitives"
+    classes = sorted({s["label"] for s in json.loads((src / "primitives.json").read_text())["shapes"]})
+    r = check_labels([src], classes)
+    rejected = " ".join(e.message for e in r.errors)
+    for kind in ("a circle", "a line ", "a point", "a line strip", "a mask"):
+        assert kind in rejected
+    assert any("polygon" in w.message for w in r.warnings)
+
+
+def test_scenes_and_count_table(tmp_path):
+    labeled_set(tmp_path, n=4, scene="tank-a")
+    labeled_set(tmp_path, n=2, scene="tank-b")
+    r = check_labels([tmp_path], CLASSES)
+    boxes, images = r.counts()
+    assert images == {"tank-a": 4, "tank-b": 2}
+    assert boxes["tank-a"]["fish"] == 2 and boxes["tank-b"]["shark"] == 1
+    table = r.table()
+    assert "tank-a" in table and "tank-b" in table and "(images)" in table
+
+
+def test_cli_exit_codes(tmp_path):
+    labeled_set(tmp_path / "good", n=2)
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["check", str(tmp_path / "good"), "--classes", "fish,shark"])
+    assert ok.exit_code == 0, ok.output
+    labelme_json(photo(tmp_path / "good" / "c.jpg"), [rect("Fish", 1, 1, 40, 40)])
+    warned = runner.invoke(cli, ["check", str(tmp_path / "good"), "--classes", "fish,shark"])
+    assert warned.exit_code == 0 and "warning:" in warned.output
+    labelme_json(photo(tmp_path / "good" / "d.jpg"), [rect("whale", 1, 1, 40, 40)])
+    bad = runner.invoke(cli, ["check", str(tmp_path / "good"), "--classes", "fish,shark"])
+    assert bad.exit_code == 1 and "unknown class 'whale'" in bad.output and "d.json" in bad.output
+
+
+def test_cli_without_a_class_list_says_how(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["check", str(tmp_path)])
+    assert r.exit_code == 1 and "--classes" in r.output and "Traceback" not in r.output
+
+
+def test_real_sample_checks_clean(tmp_path):
+    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "aquarium-scene-a"
+    if not src.is_dir():
+        pytest.skip("../shared data absent")
+    r = check_labels([src], read_classes(src / "labels.txt"))
+    assert not r.errors
+    assert sum(len(i.boxes) for i in r.items) == 1362 - sum(1 for w in r.warnings if "same object" in w.message)
+
+
+def test_photo_sizes_from_header_only(tmp_path):
+    # a 12 MP photo is checked from its header: check must not decode pixels
+    p = tmp_path / "big.jpg"
+    Image.new("RGB", (4032, 3024), (9, 9, 9)).save(p, quality=50)
+    labelme_json(p, [rect("fish", 100, 100, 900, 900)])
+    r = check_labels([tmp_path], CLASSES)
+    assert not r.problems and r.items[0].width == 4032
