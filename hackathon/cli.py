@@ -163,7 +163,11 @@ def check_cmd(ctx, label_dirs, classes_csv, labels_file, quiet):
     from labeling.check import check_labels
 
     classes = classes_for(ctx, classes_csv, labels_file)
-    report = check_labels(label_dirs or [workspace(ctx).photos_dir], classes)
+    roots = label_dirs or [workspace(ctx).photos_dir]
+    report = check_labels(roots, classes)
+    if not report.files and not report.unlabeled:
+        raise KitError("nothing to check: no photos or labelme files under " + ", ".join(map(str, roots))
+                       + ". Fix: `hack import PHOTOS --scene NAME`, then `hack label`.")
     print_report(report, quiet)
     if report.errors:
         sys.exit(1)

@@ -186,7 +186,7 @@ def _check_file(root, path, base, classes, lookup, problems):
         problems.append(Problem("error", name, message))
     if errors:
         return None
-    return Item(json_path=path, image_source=lf.image_source, key=Path(os.path.relpath(os.path.abspath(path), base)).as_posix(),
+    return Item(json_path=path, image_source=lf.image_source, key=display(Path(os.path.relpath(os.path.abspath(path), base)).as_posix()),
                 scene=scene_of(root, path), width=w, height=h, boxes=_drop_duplicates(boxes, classes, problems, name))
 
 

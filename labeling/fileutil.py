@@ -44,4 +44,4 @@ def write_json_atomic(path, obj):
 
 def display(path) -> str:
     """A path as a person can read it, even when its name holds bytes that are not UTF-8."""
-    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -87,7 +87,8 @@ def _write_split(name, items, out, max_side, quality, pool, progress, classes):
     with atomic_path(out / f"{name}.rec") as rec_tmp, atomic_path(out / f"{name}.idx") as idx_tmp, \
             atomic_path(out / f"{name}.lst") as lst_tmp:
         writer = mx.recordio.MXIndexedRecordIO(str(idx_tmp), str(rec_tmp), "w")
-        with open(lst_tmp, "w", encoding="utf-8") as lst:
+        # surrogateescape: a file name that is not UTF-8 is written with its own bytes, as im2rec reads it
+        with open(lst_tmp, "w", encoding="utf-8", errors="surrogateescape") as lst:
             results = pool.imap(encode_item, jobs, chunksize=2) if pool else map(encode_item, jobs)
             bar = tqdm(results, total=len(jobs), desc=f"pack {name}", unit="img", disable=not progress)
             for i, (it, (jpeg, w, h)) in enumerate(zip(items, bar)):
@@ -136,6 +137,8 @@ def pack_dataset(roots, out, classes, val_fraction=0.2, seed=0, val_scene=None, 
         raise KitError(f"--max-side {max_side} is too small for detection. Fix: use 512 or more.")
     train, val = split_items(report.items, val_fraction, seed, val_scene)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.partial"):  # left by a pack that was killed
+        stale.unlink()
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     ctx = mp.get_context("fork")
     pool = ctx.Pool(workers) if workers > 1 and len(report.items) > 1 else None

@@ -187,3 +187,25 @@ def test_real_photos_every_box_read_back(tmp_path):
         for i in range(len(ds)):
             _, label = ds[i]
             assert flat(sorted(label.tolist())) == pytest.approx(flat(expected[i]), abs=0.02)
+
+
+def test_file_names_that_are_not_utf8(tmp_path):
+    root = tmp_path / "labels"
+    labeled_set(root, n=2)
+    odd = os.fsdecode(os.fsencode(str(root)) + b"/caf\xe9 1.jpg")
+    photo(odd)
+    labelme_json(odd, [rect("fish", 10, 10, 90, 90)])
+    m = pack_dataset([root], tmp_path / "data", CLASSES, val_fraction=0, progress=False)
+    assert m["splits"]["train"]["images"] == 3
+    assert "caf\\xe9 1.json" in [r["source"] for r in m["records"]["train"]]
+    assert b"caf\xe9 1.jpg" in (tmp_path / "data" / "train.lst").read_bytes()
+    assert len(RecordFileDetection(str(tmp_path / "data" / "train.rec"))) == 3
+
+
+def test_empty_workspace_is_said_plainly(tmp_path):
+    runner = CliRunner()
+    runner.invoke(cli, ["init", str(tmp_path / "ws"), "--classes", "fish"])
+    for args in (["check"], ["pack", "--out", str(tmp_path / "d")]):
+        r = runner.invoke(cli, ["--project", str(tmp_path / "ws")] + args)
+        assert r.exit_code == 1 and "Fix:" in r.output and "hack " in r.output, r.output
+        assert "Traceback" not in r.output
