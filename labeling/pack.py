@@ -3,7 +3,8 @@
 Each record's label is ``[4, 5, width, height, cls, xmin, ymin, xmax, ymax, cls, ...]``: a header of
 length 4 (itself, the object width 5, the image size), then one row per object with corners
 normalized to [0, 1], as `tools/im2rec.py --pack-label` writes and as GluonCV's
-`RecordFileDetection` and mxnet's `ImageDetIter` read. Pixels are made upright and resized once,
+`RecordFileDetection` and mxnet's `ImageDetIter` read; labeling/recordio.py writes the bytes
+`mx.recordio` would, without importing mxnet. Pixels are made upright and resized once,
 here. Every file is written under a temporary name and renamed when whole; the manifest, with
 each file's checksum, comes last. The same inputs give the same bytes.
 
@@ -14,6 +15,7 @@ Example::
     >>> from gluoncv.data import RecordFileDetection
     >>> img, label = RecordFileDetection("data/train.rec")[0]   # label: [[xmin, ymin, xmax, ymax, cls]]
 """
+import ctypes
 import hashlib
 import multiprocessing as mp
 import os
@@ -27,6 +29,7 @@ from labeling.check import check_labels
 from labeling.errors import KitError
 from labeling.fileutil import atomic_path, display, write_json_atomic, write_text_atomic
 from labeling.photos import encode_jpeg, open_upright, orientation, _open
+from labeling.recordio import IndexedRecordWriter, pack_record
 
 FORMAT = ("im2rec detection layout: label = [4, 5, width, height] + [class, xmin, ymin, xmax, ymax] "
           "per object, corners normalized to [0, 1]")
@@ -79,26 +82,35 @@ def encode_item(args):
     return encode_jpeg(im, quality), im.width, im.height
 
 
-def _write_split(name, items, out, max_side, quality, pool, progress, classes):
-    import mxnet as mx
+def _keep_freed_memory():
+    """Pool initializer: a decoding worker keeps the memory it frees for the next photo. By default
+    glibc hands every freed block over 128 KB back to the kernel, so each photo faults ~9 MB of
+    fresh pages in again: 25-30% of the worker's CPU (bench/RESULTS.md). Not glibc: nothing to do."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks up to 64 MB come from the heap...
+    mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: ...which is not shrunk until 256 MB of it are free
 
+
+def _write_split(name, items, out, max_side, quality, pool, progress, classes):
     jobs = [(it.image_source, max_side, quality, display(it.json_path)) for it in items]
     records = []
     with atomic_path(out / f"{name}.rec") as rec_tmp, atomic_path(out / f"{name}.idx") as idx_tmp, \
             atomic_path(out / f"{name}.lst") as lst_tmp:
-        writer = mx.recordio.MXIndexedRecordIO(str(idx_tmp), str(rec_tmp), "w")
         # surrogateescape: a file name that is not UTF-8 is written with its own bytes, as im2rec reads it
-        with open(lst_tmp, "w", encoding="utf-8", errors="surrogateescape") as lst:
+        with IndexedRecordWriter(rec_tmp, idx_tmp) as writer, \
+                open(lst_tmp, "w", encoding="utf-8", errors="surrogateescape") as lst:
             results = pool.imap(encode_item, jobs, chunksize=2) if pool else map(encode_item, jobs)
             bar = tqdm(results, total=len(jobs), desc=f"pack {name}", unit="img", disable=not progress)
             for i, (it, (jpeg, w, h)) in enumerate(zip(items, bar)):
                 label = record_label(it, w, h)
-                writer.write_idx(i, mx.recordio.pack(mx.recordio.IRHeader(0, label, i, 0), jpeg))
+                writer.write_idx(i, pack_record(label, jpeg, i))
                 src = it.image_source if isinstance(it.image_source, Path) else it.json_path
                 lst.write("\t".join([str(i)] + [f"{v:.8g}" for v in label] + [_lst_path(src, out)]) + "\n")
                 records.append({"index": i, "source": it.key, "scene": it.scene, "width": w, "height": h,
                                 "boxes": [[classes[b[0]]] + [round(v, 3) for v in b[1:]] for b in it.boxes]})
-        writer.close()
     return records
 
 
@@ -141,7 +153,7 @@ def pack_dataset(roots, out, classes, val_fraction=0.2, seed=0, val_scene=None, 
         stale.unlink()
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     ctx = mp.get_context("fork")
-    pool = ctx.Pool(workers) if workers > 1 and len(report.items) > 1 else None
+    pool = ctx.Pool(workers, initializer=_keep_freed_memory) if workers > 1 and len(report.items) > 1 else None
     try:
         records = {name: _write_split(name, items, out, max_side, quality, pool, progress, classes)
                    for name, items in (("train", train), ("val", val))}
