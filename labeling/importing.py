@@ -28,8 +28,9 @@ class ImportSummary:
     imported: list = field(default_factory=list)
     exact_duplicates: list = field(default_factory=list)
     near_duplicates: list = field(default_factory=list)
-    failed: list = field(default_factory=list)  # (source, message)
+    failed: list = field(default_factory=list)  # (file, message): every problem to show; the CLI exits 1
     labels: list = field(default_factory=list)  # photos whose labelme JSON came along
+    labels_left: list = field(default_factory=list)  # imported photos whose JSON did not fit (also in failed)
 
     def line(self) -> str:
         parts = [f"imported {len(self.imported)} photo(s)"]
@@ -39,8 +40,11 @@ class ImportSummary:
             parts.append(f"{len(self.near_duplicates)} near duplicate(s) skipped")
         if self.labels:
             parts.append(f"{len(self.labels)} with their labelme labels")
-        if self.failed:
-            parts.append(f"{len(self.failed)} unreadable (listed above)")
+        unreadable = len(self.failed) - len(self.labels_left)
+        if unreadable:
+            parts.append(f"{unreadable} unreadable (listed above)")
+        if self.labels_left:
+            parts.append(f"{len(self.labels_left)} labelme file(s) left behind (listed above)")
         return ", ".join(parts)
 
 
@@ -53,6 +57,8 @@ def collect_sources(sources) -> list:
             for root, dirs, files in os.walk(src):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found += [Path(root) / f for f in sorted(files) if is_image_name(f) and not f.startswith(".")]
+        elif src.suffix.lower() == ".json" and src.is_file():
+            continue  # labelme's labels, as `hack import phone/*` passes them: they come along with their photo
         elif src.exists():
             found.append(src)
         else:
@@ -78,16 +84,22 @@ def load_index(ws: Workspace) -> dict:
             entries = json.loads(ws.index_file.read_text("utf-8")).get("photos", {})
         except (ValueError, AttributeError):
             entries = {}
+    if not isinstance(entries, dict):  # hand-edited or from a newer kit: rebuilt from the photos
+        entries = {}
     on_disk = {}
     for scene in ws.scenes():
         for p in sorted((ws.photos_dir / scene).iterdir()):
             if p.is_file() and is_image_name(p.name) and not p.name.startswith("."):
                 rel = p.relative_to(ws.photos_dir).as_posix()
                 e = entries.get(rel)
-                if not e or "dhash" not in e:
+                if not isinstance(e, dict) or not _is_hash(e.get("dhash")):
                     e = {"scene": scene, "source_sha256": None, "dhash": format(dhash(open_upright(p, 256)), "016x")}
                 on_disk[rel] = e
     return on_disk
+
+
+def _is_hash(value) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{16}", value) is not None
 
 
 def save_index(ws: Workspace, entries: dict):
@@ -117,6 +129,10 @@ def import_photos(ws: Workspace, sources, scene="default", max_side=1024, progre
         except OSError as e:
             summary.failed.append((name, f"{name}: cannot read ({e.strerror}). Fix: check the file's permissions."))
             continue
+        if not data:
+            summary.failed.append((name, f"{name}: the file is empty (0 bytes), the copy failed. "
+                                         "Fix: copy it again from the phone, or remove it."))
+            continue
         sha = hashlib.sha256(data).hexdigest()
         if sha in by_sha:
             summary.exact_duplicates.append((name, by_sha[sha]))
@@ -138,7 +154,8 @@ def import_photos(ws: Workspace, sources, scene="default", max_side=1024, progre
         if carried is True:
             summary.labels.append(rel)
         elif carried:
-            summary.failed.append((name, carried))
+            summary.failed.append((display(src.with_suffix(".json")), carried))
+            summary.labels_left.append(rel)
         index[rel] = {"scene": scene, "source": Path(name).name, "source_sha256": sha,
                       "dhash": format(h, "016x"), "width": im.width, "height": im.height}
         by_sha[sha] = rel
