@@ -1,0 +1,84 @@
+"""hackathon.models.build_ssd: an SSD on MobileNetV2 whose outputs fit SSDMultiBoxLoss in training and give
+detections after hybridize(), whose anchors cover the whole input, whose backbone is torchvision's
+weights, and whose checkpoints load into a net built later in the same process."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd
+
+from hackathon.models import build_ssd
+from hackathon.weights import KitError, find_checkpoint, mobilenetv2_params
+
+CLASSES = ["fish", "shark", "jellyfish"]
+# Anchors per input: feature maps 32,16,8,4,2,1 (512) and 19,10,5,3,2,1 (300), 4 or 6 anchors a cell.
+FIRST_MAP = {512: 32 * 32 * 4, 300: 19 * 19 * 4}
+N_ANCHORS = {512: FIRST_MAP[512] + 16 * 16 * 6 + 8 * 8 * 6 + 4 * 4 * 6 + 2 * 2 * 4 + 1 * 4,
+             300: FIRST_MAP[300] + 10 * 10 * 6 + 5 * 5 * 6 + 3 * 3 * 6 + 2 * 2 * 4 + 1 * 4}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    try:
+        find_checkpoint()
+    except KitError as e:
+        pytest.skip(str(e))
+    return mobilenetv2_params(cache_dir=tmp_path_factory.mktemp("mxnet-models")).parent
+
+
+@pytest.fixture(scope="module")
+def ssd512(cache_dir):
+    return build_ssd(CLASSES, data_shape=512, pretrained_base=True, cache_dir=cache_dir)
+
+
+def test_train_mode_gives_loss_inputs_and_hybridized_inference_gives_detections(ssd512):
+    x = mx.nd.random.uniform(shape=(1, 3, 512, 512))
+    with autograd.train_mode():
+        cls_preds, box_preds, anchors = ssd512(x)
+    assert cls_preds.shape == (1, N_ANCHORS[512], len(CLASSES) + 1)
+    assert box_preds.shape == (1, N_ANCHORS[512], 4)
+    assert anchors.shape == (1, N_ANCHORS[512], 4)
+    assert_first_map_covers_input(anchors, 512)
+
+    ssd512.hybridize()
+    ids, scores, bboxes = ssd512(x)
+    assert ids.shape == scores.shape == (1, 100, 1) and bboxes.shape == (1, 100, 4)
+    found = ids.asnumpy().ravel()
+    assert set(found[found >= 0].astype(int).tolist()) <= set(range(len(CLASSES)))
+
+
+def test_backbone_holds_torchvisions_weights(ssd512, cache_dir):
+    from gluoncv.model_zoo import get_model
+
+    reference = get_model("mobilenetv2_1.0", pretrained=False)
+    reference.load_parameters(str(mobilenetv2_params(cache_dir)))
+    got = ssd512.features.params.get("mobilenetv2_features_conv0_weight").data().asnumpy()
+    np.testing.assert_array_equal(got, reference.features[0].weight.data().asnumpy())
+
+
+def assert_first_map_covers_input(anchors, data_shape):
+    """The stride-16 map's anchor centers must span the input, not bunch up in a corner."""
+    centers = anchors.asnumpy()[0, :FIRST_MAP[data_shape], :2]  # (cx, cy) in input pixels
+    assert centers.min() < 0.05 * data_shape and centers.max() > 0.95 * data_shape
+
+
+def test_300_input_has_its_own_anchor_layout():
+    net = build_ssd(["fish"], data_shape=300, pretrained_base=False)
+    with autograd.train_mode():
+        cls_preds, _, anchors = net(mx.nd.zeros((1, 3, 300, 300)))
+    assert cls_preds.shape == (1, N_ANCHORS[300], 2)
+    assert_first_map_covers_input(anchors, 300)
+
+
+def test_checkpoint_of_one_net_loads_into_another_built_later(ssd512, tmp_path):
+    path = tmp_path / "ssd.params"
+    ssd512.save_parameters(str(path))
+    again = build_ssd(CLASSES, data_shape=512, pretrained_base=False)
+    again.load_parameters(str(path))  # fixed prefixes: names do not depend on how many nets were built
+    x = mx.nd.random.uniform(shape=(1, 3, 512, 512))
+    for got, want in zip(again(x)[1:], ssd512(x)[1:]):  # scores and boxes after NMS
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_input_size_is_a_kit_error():
+    with pytest.raises(KitError, match="data_shape 416.*300, 512"):
+        build_ssd(["fish"], data_shape=416, pretrained_base=False)
