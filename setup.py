@@ -26,7 +26,10 @@ setup(
         "pillow-heif==1.8.1",
         "PyYAML==6.0.3",
         "labelme==5.11.4",
+        "segno==1.6.6",  # the capture station's QR code (pure Python)
     ],
-    extras_require={"test": ["pytest==9.2.0"]},
+    # pycocotools: the COCO metric's test oracle; selenium drives Debian's chromium + chromedriver
+    # (selenium 4.40: later releases pin a certifi newer than PyPI serves here).
+    extras_require={"test": ["pytest==9.2.0", "pycocotools==2.0.11", "selenium==4.40.0"]},
     entry_points={"console_scripts": ["hack=hackathon.cli:main"]},
 )
