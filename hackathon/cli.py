@@ -238,6 +238,17 @@ def show_cmd(rec, out, count, seed):
     click.echo(f"{len(shown)} samples drawn in {out}")
 
 
+# ---- model side: train, export (issue 3) ----
+
+# ---- evaluation: eval, predict (issue 4) ----
+
+# ---- scene shift: shift (issue 4) ----
+
+# ---- judging: score, leaderboard (issue 5) ----
+
+# ---- capture station: capture (issue 6) ----
+
+
 @cli.command("demo")
 @click.option("--out", default="demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Where the demo workspace goes (rebuilt on each run).")
