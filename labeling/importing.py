@@ -108,63 +108,97 @@ def save_index(ws: Workspace, entries: dict):
 
 def import_photos(ws: Workspace, sources, scene="default", max_side=1024, progress=True) -> ImportSummary:
     """Copy photos into `ws/photos/<scene>/`; see the module docstring for what is done to them."""
-    check_scene_name(scene)
-    if max_side is not None and max_side < 64:
-        raise KitError(f"--max-side {max_side} is too small for detection. Fix: use 512 or more (default 1024).")
+    _check_options(scene, max_side)
     files = collect_sources(sources)
     if not files:
         raise KitError("no photos found in " + ", ".join(display(s) for s in sources)
                        + ". Fix: point at the photo files or the folder that holds them (.jpg .png .heic).")
-    index = load_index(ws)
-    by_sha = {e["source_sha256"]: rel for rel, e in index.items() if e.get("source_sha256")}
-    hashes = [(int(e["dhash"], 16), rel) for rel, e in index.items()]
-    out_dir = ws.photos_dir / scene
-    out_dir.mkdir(parents=True, exist_ok=True)
-    taken = {p.stem.casefold() for p in ws.photos_dir.glob("*/*") if p.is_file()}
+    batch = _Batch(ws, scene, max_side)
     summary = ImportSummary()
     for n, src in enumerate(tqdm(files, desc="import", unit="photo", disable=not progress), 1):
-        name = display(src)
+        batch.add(src, summary)
+        if n % 25 == 0:
+            batch.save()
+    batch.save()
+    return summary
+
+
+def import_file(ws: Workspace, path, scene="default", max_side=1024, name=None, stored_name=None) -> ImportSummary:
+    """Import one file exactly as `import_photos` imports each of its files: the capture station's entry.
+
+    `name` is how messages and the index call the file (default: its path); the stored photo is named
+    after the stem of `stored_name` (default: the file's own), made safe and unique. Callers serialize
+    calls on one workspace: the index is one file.
+    """
+    _check_options(scene, max_side)
+    batch = _Batch(ws, scene, max_side)
+    summary = ImportSummary()
+    batch.add(Path(path), summary, name=name, stored_name=stored_name)
+    if summary.imported:
+        batch.save()
+    return summary
+
+
+def _check_options(scene, max_side):
+    check_scene_name(scene)
+    if max_side is not None and max_side < 64:
+        raise KitError(f"--max-side {max_side} is too small for detection. Fix: use 512 or more (default 1024).")
+
+
+class _Batch:
+    """What each imported photo is checked against: the index, its checksums and hashes, the names taken."""
+
+    def __init__(self, ws: Workspace, scene, max_side):
+        self.ws, self.scene, self.max_side = ws, scene, max_side
+        self.index = load_index(ws)
+        self.by_sha = {e["source_sha256"]: rel for rel, e in self.index.items() if e.get("source_sha256")}
+        self.hashes = [(int(e["dhash"], 16), rel) for rel, e in self.index.items()]
+        self.out_dir = ws.photos_dir / scene
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.taken = {p.stem.casefold() for p in ws.photos_dir.glob("*/*") if p.is_file()}
+
+    def add(self, src: Path, summary: ImportSummary, name=None, stored_name=None):
+        name = name or display(src)
         try:
             data = src.read_bytes()
         except OSError as e:
             summary.failed.append((name, f"{name}: cannot read ({e.strerror}). Fix: check the file's permissions."))
-            continue
+            return
         if not data:
             summary.failed.append((name, f"{name}: the file is empty (0 bytes), the copy failed. "
                                          "Fix: copy it again from the phone, or remove it."))
-            continue
+            return
         sha = hashlib.sha256(data).hexdigest()
-        if sha in by_sha:
-            summary.exact_duplicates.append((name, by_sha[sha]))
-            continue
+        if sha in self.by_sha:
+            summary.exact_duplicates.append((name, self.by_sha[sha]))
+            return
         try:
-            im = open_upright(data, max_side, name=name)
+            im = open_upright(data, self.max_side, name=name)
         except KitError as e:
             summary.failed.append((name, str(e)))
-            continue
+            return
         h = dhash(im)
-        near = next((rel for hh, rel in hashes if hamming(h, hh) <= NEAR_DUPLICATE_BITS), None)
+        near = next((rel for hh, rel in self.hashes if hamming(h, hh) <= NEAR_DUPLICATE_BITS), None)
         if near:
             summary.near_duplicates.append((name, near))
-            continue
-        stem = _unique_stem(safe_stem(src), taken)
-        rel = f"{scene}/{stem}.jpg"
-        write_bytes_atomic(out_dir / f"{stem}.jpg", encode_jpeg(im, JPEG_QUALITY))
-        carried = carry_labels(src, out_dir / f"{stem}.json", im.size)
+            return
+        stem = _unique_stem(safe_stem(stored_name or src), self.taken)
+        rel = f"{self.scene}/{stem}.jpg"
+        write_bytes_atomic(self.out_dir / f"{stem}.jpg", encode_jpeg(im, JPEG_QUALITY))
+        carried = carry_labels(src, self.out_dir / f"{stem}.json", im.size)
         if carried is True:
             summary.labels.append(rel)
         elif carried:
             summary.failed.append((display(src.with_suffix(".json")), carried))
             summary.labels_left.append(rel)
-        index[rel] = {"scene": scene, "source": Path(name).name, "source_sha256": sha,
-                      "dhash": format(h, "016x"), "width": im.width, "height": im.height}
-        by_sha[sha] = rel
-        hashes.append((h, rel))
+        self.index[rel] = {"scene": self.scene, "source": Path(name).name, "source_sha256": sha,
+                           "dhash": format(h, "016x"), "width": im.width, "height": im.height}
+        self.by_sha[sha] = rel
+        self.hashes.append((h, rel))
         summary.imported.append(rel)
-        if n % 25 == 0:
-            save_index(ws, index)
-    save_index(ws, index)
-    return summary
+
+    def save(self):
+        save_index(self.ws, self.index)
 
 
 def carry_labels(src: Path, dest_json: Path, new_size):
