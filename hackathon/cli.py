@@ -244,9 +244,70 @@ def show_cmd(rec, out, count, seed):
 
 # ---- scene shift: shift (issue 4) ----
 
+@cli.command("shift")
+@click.argument("train_images", type=click.Path(path_type=Path))
+@click.argument("test_images", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
+@click.option("--permutations", default=200, show_default=True, type=click.IntRange(0),
+              help="Label shuffles for the AUC's p-value (p can go down to 1/(1+N)).")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2), help="Cross-validation folds.")
+@click.option("--clip", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest importance weight β a training photo can get.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds, permutations and KID subsets.")
+def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed):
+    """How different are two scenes, before any detector: photos below TRAIN_IMAGES vs TEST_IMAGES.
+
+    On the pretrained MobileNetV2's pooled features: a domain classifier's cross-validated ROC-AUC
+    (0.5 = the scenes look alike) with a permutation p-value, KID, importance weights of the
+    training photos and their effective sample size, and contact sheets of the training photos
+    most and least like the test scene. Exit 1 if a photo could not be read (the rest is reported).
+
+    \b
+    Example:
+      hack shift photos/tank-a organizers/sample-test --out shift-report
+      # then read shift-report/shift.md; shoot more like shift-report/most-like-test.png
+    """
+    from hackathon.shift import measure_shift
+
+    result = measure_shift(train_images, test_images, out, folds=folds, permutations=permutations, clip=clip, seed=seed)
+    for _, message in result.skipped:
+        click.secho(f"error: {message}", fg="red", err=True)
+    click.echo(result.verdict())
+    click.echo(f"report in {out / 'shift.md'} (shift.json, most-like-test.png, least-like-test.png, roc.png)")
+    if result.skipped:
+        sys.exit(1)
+
+
 # ---- judging: score, leaderboard (issue 5) ----
 
 # ---- capture station: capture (issue 6) ----
+
+
+@cli.command("capture")
+@click.option("--port", default=8000, show_default=True, type=int, help="The port phones connect to.")
+@click.option("--host", default="0.0.0.0", show_default=True, help="The address to listen on (0.0.0.0: every network).")
+@click.option("--max-mb", default=40, show_default=True, type=float, help="Largest photo accepted, in MB.")
+@click.option("--max-files", default=2000, show_default=True, type=int, help="Most uploads taken in this run.")
+@click.option("--max-side", default=1024, show_default=True, type=int, help="Downscale so the long side is at most this.")
+@click.pass_context
+def capture_cmd(ctx, port, host, max_mb, max_files, max_side):
+    """Let the team send photos from their phones straight into the workspace.
+
+    Prints an address with a secret token and its QR code: phones on the same Wi-Fi open it, pick
+    or shoot photos, choose the scene and their name, and upload. Each photo goes through the same
+    import as `hack import` (upright, downscaled, no GPS, duplicates skipped). Ctrl+C stops.
+
+    \b
+    Example:
+      hack capture --port 8000
+    """
+    from labeling.capture import serve_capture
+
+    ws = workspace(ctx)
+    status = serve_capture(ws, host=host, port=port, max_mb=max_mb, max_files=max_files, max_side=max_side,
+                           echo=click.echo)
+    sent = sum(row["photos"] for row in status["sent"])
+    click.echo(f"capture stopped: {sent} photo(s) sent from phones in all, in {ws.photos_dir}. Next: hack label")
 
 
 @cli.command("demo")
