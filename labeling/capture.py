@@ -171,7 +171,6 @@ def _now():
 
 class CaptureHandler(BaseHTTPRequestHandler):
     server_version = "hack-capture"
-    sys_version = ""
     timeout = SOCKET_TIMEOUT
     station: CaptureStation  # set by make_server
 
@@ -279,6 +278,9 @@ class CaptureHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except OSError:  # the phone went away; nothing to tell it
             self.close_connection = True
+
+    def version_string(self):
+        return self.server_version
 
     def log_message(self, format, *args):  # the request line holds the token: the station prints its own lines
         pass
