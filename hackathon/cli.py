@@ -34,6 +34,7 @@ def cli(ctx, project, verbose):
     A team's evening, in order:
       hack init fishy --classes fish,shark     a workspace with its class list
       cd fishy && hack import ~/phone/DCIM --scene tank-a
+      hack capture                             or: phones send photos over Wi-Fi (QR code)
       hack label --member 1/3                  label your share in labelme
       hack check                               every problem, with its fix
       hack pack photos --out data              train/val RecordIO
