@@ -85,6 +85,7 @@ class CaptureStation:
         self._results = {}  # idempotency key -> the answer given, replayed on a retry
         self._reserved = 0  # uploads counted against max_files
         self.dropped = 0
+        self.closed = False
         self.recent = deque(maxlen=RECENT)
         self._log = self._read_log()
 
@@ -112,6 +113,8 @@ class CaptureStation:
     def import_upload(self, tmp: Path, name, member, scene, key=None):
         """Import one received file; returns (http status, answer dict). A known key replays its answer."""
         with self._import_lock:
+            if self.closed:
+                return 503, {"status": "failed", "message": "the capture station is stopping"}
             if key and key in self._results:
                 self.release()  # the first upload of this key was counted
                 return self._results[key]
@@ -141,6 +144,9 @@ class CaptureStation:
                 "recent": recent, "max_bytes": self.max_bytes, "uploads_left": left, "dropped": dropped}
 
     def close(self):
+        """Let an import in progress finish, refuse the ones after it, remove the temp folder."""
+        with self._import_lock:
+            self.closed = True
         self._tmp.cleanup()
 
     def _read_log(self) -> dict:
@@ -210,7 +216,11 @@ class CaptureHandler(BaseHTTPRequestHandler):
         if not self.station.reserve():
             return self._json(429, {"status": "refused", "message": f"the capture station took its "
                                     f"{self.station.max_files} uploads; restart it with a larger --max-files"})
-        tmp = self.station.new_temp()
+        try:
+            tmp = self.station.new_temp()
+        except OSError:  # the station is stopping: its temp folder is gone
+            self.station.release()
+            return self._json(503, {"status": "failed", "message": "the capture station is stopping"})
         try:
             if not self._receive(tmp, size):
                 self.station.release(dropped=True)
@@ -298,17 +308,22 @@ def make_server(station: CaptureStation, host="0.0.0.0", port=8000) -> Threading
 
 
 def lan_ip() -> str:
-    """The laptop's address on the local network (the interface its default route leaves by)."""
+    """The laptop's address on the local network: the interface a packet to the internet or to a
+    private network would leave by (a hotspot has no internet route), else what the hostname says."""
+    for target in ("1.1.1.1", "10.254.254.254", "192.168.254.254", "172.16.254.254"):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((target, 9))  # UDP connect sends nothing; it only picks the interface
+                ip = s.getsockname()[0]
+        except OSError:
+            continue
+        if not ip.startswith("127.") and ip != "0.0.0.0":
+            return ip
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))  # UDP connect sends nothing; it only picks the interface
-            return s.getsockname()[0]
+        ips = {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
     except OSError:
-        pass
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
+        ips = set()
+    return next((ip for ip in sorted(ips) if not ip.startswith("127.")), "127.0.0.1")
 
 
 def address(station: CaptureStation, host, port) -> str:

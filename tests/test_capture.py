@@ -243,6 +243,15 @@ def test_the_upload_count_is_capped(ws, tmp_path, make_photo):
     assert len(stored(ws)) == 2
 
 
+def test_a_stopping_station_refuses_new_uploads_and_leaves_no_temp_files(ws, tmp_path, make_photo):
+    data = jpeg(make_photo, tmp_path / "a.jpg")
+    with serving(ws) as st:
+        st.close()  # what Ctrl+C does after the listening socket closes
+        status, answer = upload(st, data, key="key-late")
+        assert not st.tmp_dir.exists()
+    assert status == 503 and "stopping" in answer["message"] and stored(ws) == []
+
+
 def test_existing_scenes_and_counts_survive_a_restart(ws, tmp_path, make_photo):
     make_photo(tmp_path / "old.jpg", seed=5)
     import_photos(ws, [tmp_path / "old.jpg"], scene="reef", progress=False)
