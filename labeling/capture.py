@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 import unicodedata
-from collections import Counter, deque
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -39,7 +39,6 @@ KEY_RE = re.compile(r"[A-Za-z0-9_-]{8,64}")
 SCENE_MAX = 64
 CHUNK = 1 << 16
 SOCKET_TIMEOUT = 60  # seconds a phone may stall mid-upload before its connection is dropped
-RECENT = 30
 PAGE = Path(__file__).with_name("capture_page.html")
 
 
@@ -86,7 +85,6 @@ class CaptureStation:
         self._reserved = 0  # uploads counted against max_files
         self.dropped = 0
         self.closed = False
-        self.recent = deque(maxlen=RECENT)
         self._log = self._read_log()
 
     def authorized(self, token) -> bool:
@@ -123,25 +121,25 @@ class CaptureStation:
             code, answer = _answer(summary, name)
             answer.update(name=name, member=member, scene=scene)
             if answer["status"] == "accepted":
-                self._log[answer["photo"]] = {"member": member, "scene": scene, "time": _now()}
-                write_json_atomic(self.log_file, {"version": 1, "photos": self._log})
+                with self._lock:  # status() reads the log from other threads
+                    self._log[answer["photo"]] = {"member": member, "scene": scene, "time": _now()}
+                    log = dict(self._log)
+                write_json_atomic(self.log_file, {"version": 1, "photos": log})
             if key:
                 self._results[key] = (code, answer)
-        with self._lock:
-            self.recent.appendleft({**answer, "time": _now()})
         self.echo(f"{member} -> {scene}: {name} {answer['status']}"
                   + (f" ({answer['photo']})" if answer.get("photo") else f": {answer['message']}"))
         return code, answer
 
     def status(self) -> dict:
         with self._lock:
-            log = {rel: e for rel, e in self._log.items() if (self.ws.photos_dir / rel).is_file()}
-            recent, left, dropped = list(self.recent), self.max_files - self._reserved, self.dropped
-        per = Counter((e["member"], e["scene"]) for e in log.values())
+            log, left, dropped = dict(self._log), self.max_files - self._reserved, self.dropped
+        # photos a team member deleted (blurred, wrong scene) no longer count
+        per = Counter((e["member"], e["scene"]) for rel, e in log.items() if (self.ws.photos_dir / rel).is_file())
         on_disk = {s: sum(1 for p in (self.ws.photos_dir / s).glob("*.jpg")) for s in self.ws.scenes()}
         return {"workspace": self.ws.root.name, "scenes": sorted(on_disk), "photos_per_scene": on_disk,
                 "sent": [{"member": m, "scene": s, "photos": n} for (m, s), n in sorted(per.items())],
-                "recent": recent, "max_bytes": self.max_bytes, "uploads_left": left, "dropped": dropped}
+                "max_bytes": self.max_bytes, "uploads_left": left, "dropped": dropped}
 
     def close(self):
         """Let an import in progress finish, refuse the ones after it, remove the temp folder."""
@@ -172,7 +170,7 @@ def _answer(summary, name):
 
 
 def _now():
-    return time.strftime("%H:%M:%S")
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class CaptureHandler(BaseHTTPRequestHandler):

@@ -260,8 +260,11 @@ def test_existing_scenes_and_counts_survive_a_restart(ws, tmp_path, make_photo):
         upload(st, data, member="Bo", scene="reef")
     with serving(ws) as st:
         status = json.loads(request(st, "GET", "/status")[1])
+        (ws.photos_dir / "reef/Bo_phone.jpg").unlink()  # a blurred one, deleted by the team
+        after = json.loads(request(st, "GET", "/status")[1])
     assert status["scenes"] == ["reef"] and status["photos_per_scene"] == {"reef": 2}
     assert status["sent"] == [{"member": "Bo", "scene": "reef", "photos": 1}]
+    assert after["sent"] == [] and after["photos_per_scene"] == {"reef": 1}
 
 
 def test_announce_prints_the_address_and_a_qr_code_that_decodes_to_it(tmp_path):
