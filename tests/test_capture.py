@@ -8,7 +8,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import mean_abs_diff
 from hackathon.cli import cli
-from labeling.capture import CaptureStation, announce, display_name, make_server
+from labeling.capture import CaptureHandler, CaptureStation, announce, display_name, make_server
 from labeling.errors import KitError
 from labeling.importing import import_photos
 
@@ -25,12 +25,14 @@ GPS_MARKERS = (b"Exif\0\0", b"GPS", b"Pixel 8", b"Google")
 
 
 @contextmanager
-def serving(ws, **limits):
+def serving(ws, handler_overrides=None, **limits):
     """A capture station on a free 127.0.0.1 port in a thread; stopped and cleaned up on exit."""
     lines = []
     limits = {"max_bytes": 2 << 20, "max_files": 50, "max_side": 256, **limits}
     station = CaptureStation(ws, echo=lines.append, **limits)
     server = make_server(station, "127.0.0.1", 0)
+    if handler_overrides:
+        server.RequestHandlerClass = type("Patched", (server.RequestHandlerClass,), handler_overrides)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     station.port, station.lines = server.server_address[1], lines
@@ -338,3 +340,30 @@ def test_a_photo_chosen_on_the_page_lands_upright_and_without_gps(ws, tmp_path, 
         assert "not an image the kit can read" in refused.text
     assert stored(ws) == ["tank-a/Ana_PXL_0001.jpg", "tank-a/seed.jpg"]
     assert_upright_and_clean(ws.photos_dir / "tank-a/Ana_PXL_0001.jpg", upright, (256, 192))
+
+
+def test_the_page_retries_a_lost_answer_and_the_photo_is_stored_once(ws, tmp_path, make_photo, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    make_photo(tmp_path / "IMG_7.jpg", size=(320, 240), seed=7)
+    lost = []
+
+    def answer_lost_once(self, code, obj):  # the photo is imported, then Wi-Fi drops before the answer
+        if urlsplit(self.path).path == "/upload" and not lost:
+            lost.append(obj)
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        CaptureHandler._json(self, code, obj)
+
+    with serving(ws, handler_overrides={"_json": answer_lost_once}) as st:
+        browser.get(f"http://127.0.0.1:{st.port}/?t={st.token}")
+        browser.find_element(By.ID, "member").send_keys("Bo")
+        browser.find_element(By.ID, "new-scene").send_keys("reef")
+        browser.find_element(By.ID, "files").send_keys(str(tmp_path / "IMG_7.jpg"))
+        row = WebDriverWait(browser, 30, poll_frequency=0.2).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "#mine li.accepted"))
+        left = json.loads(request(st, "GET", "/status")[1])["uploads_left"]
+    assert [o["status"] for o in lost] == ["accepted"]
+    assert "stored as reef/Bo_IMG_7.jpg" in row.text  # the replayed answer, not "duplicate"
+    assert stored(ws) == ["reef/Bo_IMG_7.jpg"] and left == 50 - 1
