@@ -281,6 +281,88 @@ def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed):
 
 # ---- judging: score, leaderboard (issue 5) ----
 
+
+@cli.command("score")
+@click.option("--truth", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The hidden test set: a labelme folder (or a packed .rec).")
+@click.option("--submissions", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="One folder or .zip per team (team name = folder name or zip stem).")
+@click.option("--out", default="leaderboard", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where leaderboard.csv/.md/.html go.")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The scoring history (SQLite; default OUT/leaderboard.db).")
+@click.option("--metric", default="voc07_map50", show_default=True,
+              type=click.Choice(["voc07_map50", "voc_map50", "coco_map", "coco_map50"]), help="What ranks the teams.")
+@click.option("--in-scene", "in_scene", type=click.Path(exists=True, path_type=Path),
+              help="The teams' own scene (labelme folder or .rec), for the gap and retention columns.")
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(50, 100000),
+              help="Resamples of the test images for the 95% intervals and the tie marks.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the resamples.")
+@click.option("--max-file-mb", default=300.0, show_default=True, type=float, help="Largest file taken from a submission.")
+@click.option("--max-members", default=200, show_default=True, type=int, help="Most entries in one zip or folder.")
+@click.option("--model-timeout", default=1800.0, show_default=True, type=float,
+              help="Seconds one exported model may take on the test images.")
+def score_cmd(truth, submissions, out, db_path, metric, in_scene, n_boot, seed, max_file_mb, max_members, model_timeout):
+    """Score every team in --submissions on the hidden test set and write the leaderboard.
+
+    \b
+    A team's folder or .zip holds ONE of:
+      predictions.json (or .csv)        from `hack predict` on the test images
+      model-symbol.json, model-0000.params, classes.txt [, export.json]
+                                        from `hack export`: the scorer runs it itself
+    With --in-scene SET, a predictions submission may add predictions-in-scene.json (or .csv):
+    its detections on SET, named relative to SET (a model is run on SET by the scorer). Then
+    gap = in-scene - test and retention = test / in-scene are shown.
+
+    \b
+    Team code is never run and nothing is unpickled; a bad or hostile submission is listed as
+    invalid with its reason, the others are still scored. Ranking: --metric, then COCO AP, then
+    the earlier submission; 95% bootstrap intervals; ≈ marks a paired-bootstrap tie with the team
+    above. Scoring the same files again changes nothing; two scorers may share one --db.
+
+    \b
+    Example:
+      hack score --truth test-scene --submissions inbox --out board
+      hack leaderboard serve --db board/leaderboard.db
+    """
+    from hackathon.score import score_submissions
+    from hackathon.submissions import Limits
+
+    limits = Limits(max_file_mb=max_file_mb, max_total_mb=2 * max_file_mb, max_members=max_members)
+    res = score_submissions(truth, submissions, out, db_path=db_path, metric=metric, in_scene=in_scene,
+                            n_boot=n_boot, seed=seed, limits=limits, model_timeout_s=model_timeout,
+                            echo=lambda m: click.secho(m, fg="yellow", err=True), progress=True)
+    rows = res["board"]["rows"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    for r in ok[:3]:
+        click.echo(f"{r['rank']}. {r['team']}  {r['score']:.4f}  [{r['lo']:.4f}, {r['hi']:.4f}]")
+    click.echo(f"{len(ok)} of {len(rows)} submissions scored ({len(rows) - len(ok)} invalid); "
+               f"leaderboard in {res['paths']['html']} (.csv, .md beside it), history in {res['db']}")
+
+
+@cli.group("leaderboard")
+def leaderboard_group():
+    """The live leaderboard page for the projector."""
+
+
+@leaderboard_group.command("serve")
+@click.option("--db", "db_path", default="leaderboard/leaderboard.db", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The history `hack score` writes.")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 shows the page to the whole network.")
+@click.option("--refresh", "refresh_s", default=3.0, show_default=True, type=float, help="Seconds between polls.")
+def leaderboard_serve_cmd(db_path, port, host, refresh_s):
+    """Serve the latest ranking; the page updates itself as new scores land.
+
+    \b
+    Example:
+      hack leaderboard serve --db board/leaderboard.db --port 8000
+    """
+    from hackathon.leaderboard_serve import serve
+
+    serve(db_path, host=host, port=port, refresh_s=refresh_s, echo=click.echo)
+
 # ---- capture station: capture (issue 6) ----
 
 

@@ -101,7 +101,7 @@ def esc(value):
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}td.t,th.t{text-align:left}
-tr.invalid td{color:#999}.tie{color:#b60;font-weight:bold}.msg{max-width:40em;text-align:left}"""
+tr.invalid td{color:#999}.tie{color:#b60;font-weight:bold}.msg{max-width:40em;text-align:left;white-space:pre-line}"""
 
 
 def to_html(board):

@@ -28,7 +28,7 @@ PAGE = """<!doctype html>
 <style>
 body{font-family:system-ui,sans-serif;margin:1.5em 3em;background:#10141a;color:#eee;font-size:1.4em}
 table{border-collapse:collapse;width:100%}td,th{padding:.35em .6em;border-bottom:1px solid #333;text-align:right}
-td.team,th.team,td.msg{text-align:left}tr.invalid td{color:#888;font-size:.8em}.tie{color:#f0a040}
+td.team,th.team,td.msg{text-align:left}td.msg{white-space:pre-line;font-size:.7em}tr.invalid td{color:#888;font-size:.8em}.tie{color:#f0a040}
 .bar{height:.6em;background:#4a7ab5;display:block;margin-top:.2em}#status{color:#888;font-size:.7em}
 </style></head>
 <body data-refresh-ms="__REFRESH_MS__">

@@ -1,0 +1,208 @@
+"""`hack score`: every team's submission scored on the hidden test set, ranked, and remembered.
+
+One run, top to bottom (:func:`score_submissions`):
+
+1. read the truth (and the in-scene truth with ``--in-scene``);
+2. open every submission into a private temp folder (hackathon/submissions.py: zip safety, size
+   caps, model files checked without running them) and hash it;
+3. record the run in the SQLite history (hackathon/leaderboard.py); a submission already scored
+   under the same config is not scored again;
+4. score the rest: predictions files are read and validated (hackathon/predictions.py), exported
+   models run in a child process (hackathon/sandbox.py), then metrics.match once per team, the
+   primary metric and COCO AP from its summary, and bootstrap scores on the *same* resample
+   weights for every team (so neighbours can be compared pairwise, hackathon/ranking.py);
+5. rank from the history and write leaderboard.csv/.md/.html (hackathon/leaderboard_render.py).
+
+A bad submission is listed as invalid with its message; the others are still scored. A submission
+that breaks the scorer itself (a bug) is listed as ``error`` with the exception, and the
+traceback goes to stderr: one hostile file never stops the judging.
+
+In-scene (``--in-scene SET``): SET is a labelme folder (or .rec) of the scene the teams trained
+in. Each predictions submission may carry ``predictions-in-scene.json`` (or .csv), its detections
+on SET, named relative to SET; a model submission is run on SET by the scorer. Columns:
+in-scene score, gap = in-scene − test, retention = test ÷ in-scene.
+"""
+import hashlib
+import json
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from hackathon import leaderboard as history
+from hackathon.leaderboard_render import write_board
+from hackathon.ranking import interval
+from hackathon.submissions import Limits, Refused, discover, open_submission
+from labeling.errors import KitError
+from labeling.fileutil import display
+
+DEFAULT_BOOT = 1000  # resamples: the 2.5% tails rest on 25 draws each
+
+
+def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="voc07_map50", in_scene=None,
+                      n_boot=DEFAULT_BOOT, seed=0, limits=None, model_timeout_s=1800.0, echo=None, progress=False):
+    """Score every submission in ``submissions_dir`` and write the board into ``out``.
+
+    Returns {"run_id", "board", "paths", "db"}; see the module docstring for the steps.
+    """
+    from hackathon.metrics import METRICS, bootstrap_weights
+    from hackathon.truth import read_truth
+
+    if metric not in METRICS:
+        raise KitError(f"--metric {metric}: unknown. Fix: one of {', '.join(METRICS)}.")
+    submissions_dir, out = Path(submissions_dir), Path(out)
+    if not submissions_dir.is_dir():
+        raise KitError(f"{display(submissions_dir)}: no such folder. Fix: give the folder with one folder or .zip a team.")
+    echo = echo or (lambda *a: None)
+    truth = read_truth(truth_path)
+    if not truth.n_boxes:
+        raise KitError(f"{display(truth_path)}: the test set has no labeled boxes, so nothing can be scored. "
+                       "Fix: label it in labelme first (hack check to see).")
+    in_truth = read_truth(in_scene) if in_scene else None
+    db_path = Path(db_path) if db_path else out / "leaderboard.db"
+    subs = discover(submissions_dir)
+    if not subs:
+        raise KitError(f"{display(submissions_dir)}: no submissions in it. Fix: one folder or .zip a team.")
+    with tempfile.TemporaryDirectory(prefix="hack-score-") as tmp:
+        for i, sub in enumerate(subs):
+            open_submission(sub, Path(tmp) / f"{i:04d}", limits or Limits())
+        run = run_record(truth_path, truth, in_scene, in_truth, metric, n_boot, seed, subs)
+        ctx = {"truth": truth, "truth_path": Path(truth_path).resolve(), "in_truth": in_truth,
+               "in_path": Path(in_scene).resolve() if in_scene else None, "metric": metric,
+               "weights": None, "n_boot": n_boot, "seed": seed, "timeout": model_timeout_s, "tmp": Path(tmp)}
+        with history.connect(db_path) as db:
+            run_id, new = history.start_run(db, run)
+            for i, sub in enumerate(tqdm(subs, desc="scoring", unit="team", disable=not progress)):
+                sid = history.add_submission(db, run_id, sub.team, _db_sha(sub), sub.kind or None,
+                                             display(sub.source.name), sub.mtime)
+                rid = history.find_result(db, sid, run["config"])
+                if rid is not None:  # scored before under the same config: same row, nothing recomputed
+                    with history.transaction(db):
+                        history.attach(db, run_id, rid)
+                    continue
+                if ctx["weights"] is None and not sub.error:
+                    ctx["weights"] = bootstrap_weights(len(truth.images), n=n_boot, seed=seed)
+                result = evaluate(sub, ctx, Path(tmp) / f"{i:04d}")
+                if result["status"] != "ok":
+                    echo(f"{sub.team}: {result['status']}: {result['message']}")
+                history.add_result(db, run_id, sid, run["config"], result)
+            history.finish_run(db, run_id)
+            board = history.board(db, run_id)
+    paths = write_board(board, out)
+    return {"run_id": run_id, "board": board, "paths": paths, "db": db_path, "new_run": new}
+
+
+def evaluate(sub, ctx, workdir):
+    """One submission's result dict (status ok / invalid / error, scores, message, summary, boot)."""
+    if sub.error:
+        return {"status": "invalid", "message": sub.error}
+    try:
+        preds, notes = _test_predictions(sub, ctx, workdir)
+        result = _scores(preds, ctx)
+        if ctx["in_truth"] is not None:
+            notes += _in_scene(sub, ctx, workdir, result)
+        result["message"] = " ".join(notes)
+        return result
+    except (KitError, Refused) as e:
+        return {"status": "invalid", "message": _clean(str(e), workdir, sub)}
+    except Exception as e:  # a bug or an input nobody foresaw: this team only, the traceback for the judges
+        traceback.print_exc(file=sys.stderr)
+        return {"status": "error", "message": f"the scorer failed on this submission ({type(e).__name__}: "
+                                              f"{_clean(str(e), workdir, sub)[:200]}); the judges have the details."}
+
+
+def _test_predictions(sub, ctx, workdir):
+    from hackathon.predictions import read_predictions
+    from hackathon.sandbox import run_model
+
+    if sub.kind == "model":
+        path, dropped = run_model(sub.path, ctx["truth_path"], workdir / "scored-test.json", ctx["timeout"])
+        notes = [f"{dropped} detections of classes not in the test set were ignored."] if dropped else []
+        return read_predictions(path, ctx["truth"]), notes
+    return read_predictions(sub.path, ctx["truth"]), []
+
+
+def _scores(preds, ctx):
+    from hackathon.metrics import match
+
+    matches = match(ctx["truth"], preds)
+    summary = matches.summary()
+    boot = np.array([matches.score(ctx["metric"], w) for w in ctx["weights"]], dtype=np.float64)
+    lo, hi = interval(boot)
+    return {"status": "ok", "score": float(summary[ctx["metric"]]), "lo": lo, "hi": hi,
+            "coco": float(summary["coco_map"]), "summary": _plain(summary), "boot": boot}
+
+
+def _in_scene(sub, ctx, workdir, result):
+    """Fill in_scene/gap/retention in ``result``; problems become notes (the test score stands)."""
+    from hackathon.metrics import match
+    from hackathon.predictions import read_predictions
+    from hackathon.sandbox import run_model
+
+    try:
+        if sub.kind == "model":
+            path, _ = run_model(sub.path, ctx["in_path"], workdir / "scored-in-scene.json", ctx["timeout"])
+        elif sub.in_scene_path is not None:
+            path = sub.in_scene_path
+        else:
+            return ["no predictions-in-scene.json, so no gap or retention."]
+        in_score = float(match(ctx["in_truth"], read_predictions(path, ctx["in_truth"])).summary()[ctx["metric"]])
+    except (KitError, Refused) as e:
+        return [f"in-scene not scored: {_clean(str(e), workdir, sub)}"]
+    result["in_scene"] = in_score
+    result["gap"] = in_score - result["score"]
+    result["retention"] = result["score"] / in_score if in_score > 0 else None
+    return []
+
+
+def run_record(truth_path, truth, in_scene, in_truth, metric, n_boot, seed, subs):
+    """The run's row: its config (what a result depends on) and its key (config + the files seen)."""
+    truth_sha = truth_digest(truth)
+    in_sha = truth_digest(in_truth) if in_truth is not None else ""
+    config = _digest({"truth": truth_sha, "in_scene": in_sha, "metric": metric, "n_boot": n_boot, "seed": seed})
+    seen = sorted((s.team, _db_sha(s)) for s in subs)
+    return {"run_key": _digest({"config": config, "submissions": seen}), "config": config,
+            "truth": display(truth_path), "truth_sha256": truth_sha, "in_scene": display(in_scene) if in_scene else None,
+            "in_scene_sha256": in_sha, "metric": metric, "n_boot": n_boot, "seed": seed,
+            "n_images": len(truth.images), "classes": list(truth.classes)}
+
+
+def truth_digest(truth):
+    """sha256 of what scoring depends on: classes, image names, sizes, boxes, labels, difficult flags."""
+    h = hashlib.sha256(json.dumps(list(truth.classes)).encode())
+    for name in truth.images:
+        h.update(json.dumps([name, list(truth.sizes.get(name, ()))]).encode())
+        for arr in (truth.boxes[name], truth.labels[name], truth.difficult[name]):
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def _digest(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _db_sha(sub):
+    """The submission's identity in the history: its content hash; for a refused one, the hash
+    with the refusal, so the same files judged under other caps are looked at again."""
+    if not sub.error:
+        return sub.sha256
+    return "invalid:" + hashlib.sha256((sub.sha256 + "\0" + sub.error).encode()).hexdigest()
+
+
+def _clean(message, workdir, sub):
+    """Messages name the team's own file, not the scorer's temp folder."""
+    return message.replace(str(workdir), display(sub.source.name))
+
+
+def _plain(obj):
+    """numpy numbers in the metrics summary as plain floats, for JSON."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
