@@ -244,13 +244,13 @@ class CaptureHandler(BaseHTTPRequestHandler):
     def _content_length(self):
         """The body's size from its header, or None after answering 411/413/400."""
         raw = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or raw is None or not raw.strip().isdigit():
+        if self.headers.get("Transfer-Encoding") or raw is None or not re.fullmatch(r"[0-9]{1,15}", raw.strip()):
             self._json(411, {"status": "refused", "message": "send the photo with a Content-Length"})
             return None
         size = int(raw)
         if size > self.station.max_bytes:
             self._json(413, {"status": "refused", "message": f"{size / 2**20:.1f} MB is more than the "
-                             f"{self.station.max_bytes / 2**20:.0f} MB a photo may be; send a smaller one"})
+                             f"{self.station.max_bytes / 2**20:.3g} MB a photo may be; send a smaller one"})
             return None
         if size == 0:
             self._json(400, {"status": "refused", "message": "the file is empty (0 bytes)"})

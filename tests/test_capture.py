@@ -186,8 +186,9 @@ def test_oversized_content_length_is_refused_before_the_body_is_read(ws):
         no_length = (f"POST /upload?{urlencode({'t': st.token, 'member': 'Ana', 'scene': 'tank-a'})} HTTP/1.1\r\n"
                      "Host: x\r\n\r\n").encode()
         assert raw(st, no_length).startswith(b"HTTP/1.0 411")
-        chunked = no_length.replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n")
-        assert raw(st, chunked).startswith(b"HTTP/1.0 411")
+        for header in ("Transfer-Encoding: chunked", "Content-Length: -5", "Content-Length: ²", "Content-Length: 1e9"):
+            bad = no_length.replace(b"\r\n\r\n", f"\r\n{header}\r\n\r\n".encode())
+            assert raw(st, bad).startswith(b"HTTP/1.0 411"), header
         left = json.loads(request(st, "GET", "/status")[1])["uploads_left"]
     assert left == 50 and stored(ws) == []
 
