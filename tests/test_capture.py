@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import mean_abs_diff
+from conftest import heic_can_encode, mean_abs_diff
 from hackathon.cli import cli
 from labeling.capture import CaptureHandler, CaptureStation, announce, display_name, make_server
 from labeling.errors import KitError
@@ -113,6 +113,16 @@ def test_upload_lands_upright_without_exif_or_gps(ws, tmp_path, make_photo):
     assert (status, answer["status"], answer["photo"]) == (200, "accepted", "tank-a/Ana_IMG_0042.jpg")
     assert_upright_and_clean(ws.photos_dir / "tank-a/Ana_IMG_0042.jpg", upright, (256, 192))
     assert index(ws)["tank-a/Ana_IMG_0042.jpg"]["source"] == "IMG_0042.jpg"
+
+
+def test_an_iphone_heic_upload_lands_upright_as_jpeg(ws, tmp_path, make_photo):
+    if not heic_can_encode():
+        pytest.skip("pillow-heif cannot encode HEIC here")
+    upright = make_photo(tmp_path / "IMG_0001.HEIC", size=(320, 240), orientation=6, exif=gps_exif())
+    with serving(ws) as st:
+        status, answer = upload(st, (tmp_path / "IMG_0001.HEIC").read_bytes(), name="IMG_0001.HEIC")
+    assert (status, answer["photo"]) == (200, "tank-a/Ana_IMG_0001.jpg")
+    assert_upright_and_clean(ws.photos_dir / answer["photo"], upright, (256, 192))
 
 
 def test_eight_concurrent_uploads_incl_the_same_file_twice_land_exactly_once(ws, tmp_path, make_photo):
