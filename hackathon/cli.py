@@ -249,8 +249,8 @@ def show_cmd(rec, out, count, seed):
 @click.argument("train_images", type=click.Path(path_type=Path))
 @click.argument("test_images", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
-@click.option("--permutations", default=200, show_default=True, type=click.IntRange(0),
-              help="Label shuffles for the AUC's p-value (p can go down to 1/(1+N)).")
+@click.option("--permutations", default=200, show_default=True, type=click.IntRange(19),
+              help="Label shuffles for the AUC's p-value: p >= 1/(1+N), so at least 19.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(2), help="Cross-validation folds.")
 @click.option("--clip", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest importance weight β a training photo can get.")

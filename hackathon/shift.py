@@ -281,13 +281,16 @@ def measure_shift(train_dir, test_dir, out, folds=FOLDS, permutations=PERMUTATIO
 
     `featurize(paths) -> hackathon.features.Features` replaces the backbone (tests, other
     backbones); by default vectors are cached in ``out/features-cache.npz``. Unreadable photos are
-    skipped and listed in ``result.skipped``; the rest are still measured.
+    skipped and listed in ``result.skipped``; the rest are still measured. `permutations` should
+    be at least 19 (p can reach 0.05); with 0 there is no test and p is reported as 1.
     """
     from hackathon.features import CACHE_NAME, extract_features, list_images
 
     out = Path(out)
     train_dir, test_dir = Path(train_dir), Path(test_dir)
-    train_paths, test_paths = list_images(train_dir), list_images(test_dir)
+    # A report folder inside a photo folder must not feed its own contact sheets back in.
+    outside = lambda paths: [p for p in paths if not p.resolve().is_relative_to(out.resolve())]
+    train_paths, test_paths = outside(list_images(train_dir)), outside(list_images(test_dir))
     for folder, paths in ((train_dir, train_paths), (test_dir, test_paths)):
         if not paths:
             raise KitError(f"{display(folder)}: no photos in it or below it (.jpg .png .heic ...). "

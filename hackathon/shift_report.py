@@ -54,7 +54,7 @@ def report_json(r):
 
 
 def report_markdown(r, order):
-    rows = lambda idx: "\n".join(f"| {_name(r.train_paths[i], r.train_dir)} | {r.beta[i]:.2f} |" for i in idx)
+    rows = lambda idx: "\n".join(f"| {_name(r.train_paths[i], r.train_dir)} | {r.beta[i]:.3g} |" for i in idx)
     shown = min(10, r.n_train)
     skipped = "".join(f"\n- {m}" for _, m in r.skipped) or "\nnone"
     return f"""# Scene shift: {display(r.train_dir)} → {display(r.test_dir)}
@@ -70,7 +70,7 @@ def report_markdown(r, order):
 
 Features: the pooled 1280-d output of MobileNetV2 (torchvision's ImageNet weights), each photo
 resized whole to 224x224. Weights β = min(exp(h) · n_train / n_test, {r.clip:g}), h = {r.calibration[0]:.3g}·logit
-{r.calibration[1]:+.3g}: a photo's out-of-fold logit of "test scene", Platt-calibrated.
+{"+" if r.calibration[1] >= 0 else "−"} {abs(r.calibration[1]):.3g}: a photo's out-of-fold logit of "test scene", Platt-calibrated.
 
 ![ROC curve]({ROC_PNG})
 
@@ -120,7 +120,7 @@ def contact_sheet(paths, betas, title, out):
         while len(name) > 4 and draw.textlength(name, font=font) > THUMB - 8:
             name = name[:len(name) // 2 - 1] + "…" + name[len(name) // 2 + 1:]
         draw.text((x + 4, y + THUMB), name, fill=(0, 0, 0), font=font)
-        draw.text((x + 4, y + THUMB + 16), f"β {beta:.2f}", fill=(0, 0, 0), font=font)
+        draw.text((x + 4, y + THUMB + 16), f"β {beta:.3g}", fill=(0, 0, 0), font=font)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     write_bytes_atomic(out, buf.getvalue())

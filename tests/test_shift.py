@@ -37,7 +37,7 @@ def test_auc_is_the_mann_whitney_statistic_with_ties(seed):
 
 
 def test_logistic_regression_is_the_penalized_optimum():
-    from scipy.optimize import minimize
+    minimize = pytest.importorskip("scipy.optimize").minimize  # the oracle (installed with gluoncv)
 
     rng = np.random.default_rng(0)
     Z = rng.normal(size=(30, 6))
@@ -210,7 +210,7 @@ def test_unreadable_photo_is_named_skipped_and_exits_1(scenes, featurize, tmp_pa
         scene_photo(train / f"ok{i}.jpg", BLUE, seed=200 + i)
     (train / "broken.jpg").write_bytes((train / "ok0.jpg").read_bytes()[:300])  # a half-copied photo
     out = tmp_path / "report"
-    run = CliRunner().invoke(cli, ["shift", str(train), str(scenes / "red"), "--out", str(out), "--permutations", "5"])
+    run = CliRunner().invoke(cli, ["shift", str(train), str(scenes / "red"), "--out", str(out), "--permutations", "19"])
     assert run.exit_code == 1
     assert "broken.jpg" in run.output and "truncated" in run.output
     report = json.loads((out / "shift.json").read_text())
@@ -252,6 +252,9 @@ def test_bad_inputs_get_one_clear_error(tmp_path, scenes):
     with pytest.raises(KitError, match="in both folders"):
         measure_shift(scenes / "blue", scenes / "blue" / "b", tmp_path / "out", featurize=fake_features)
     assert not (tmp_path / "out").exists()
+    run = CliRunner().invoke(cli, ["shift", str(scenes / "blue"), str(scenes / "red"), "--out", str(tmp_path / "o"),
+                                   "--permutations", "5"])
+    assert run.exit_code == 2 and "--permutations" in run.output  # p could never reach 0.05
 
     run = CliRunner().invoke(cli, ["shift", str(tmp_path / "few"), str(scenes / "red"), "--out", str(tmp_path / "o")])
     assert run.exit_code == 1 and "at least 4" in run.output and "Traceback" not in run.output
@@ -263,6 +266,18 @@ def test_injected_features_run_the_whole_report_without_the_network(scenes, tmp_
     assert result.auc == 1.0  # mean colour alone separates blue from red
     assert (tmp_path / "r" / "roc.png").is_file() and not (tmp_path / "r" / CACHE_NAME).exists()
     assert shift.MOST_LIKE in result.verdict()
+
+
+def test_a_report_inside_the_train_folder_is_not_read_back_as_photos(scenes, tmp_path):
+    import shutil
+
+    train = tmp_path / "train"
+    shutil.copytree(scenes / "blue" / "a", train)
+    for _ in range(2):  # the second run finds the first run's PNGs below train/report
+        result = measure_shift(train, scenes / "red", train / "report", permutations=20, progress=False,
+                               featurize=fake_features)
+        assert result.n_train == 12
+    assert (train / "report" / shift.MOST_LIKE).is_file()
 
 
 def test_calibration_undoes_shrinkage_and_gives_prior_odds_without_signal():
