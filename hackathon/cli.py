@@ -243,6 +243,80 @@ def show_cmd(rec, out, count, seed):
 
 # ---- evaluation: eval, predict (issue 4) ----
 
+@cli.command("eval")
+@click.argument("export", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="The labeled set: a labelme folder or a packed .rec.")
+@click.option("--shift", type=click.Path(path_type=Path), help="A second labeled set from another scene: report the gap.")
+@click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path),
+              help="Score this predictions file (.json/.csv) on --data instead of running an EXPORT.")
+@click.option("--shift-predictions", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --predictions and --shift: the predictions file on the --shift set.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
+@click.option("--threshold", default=0.3, show_default=True, type=float,
+              help="Operating score for per-image counts, size buckets and drawn examples (mAP uses every score).")
+@click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(10),
+              help="Resamples of the images for the 95% intervals.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@classes_option
+@labels_option
+def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold, n_boot, seed, classes_csv, labels_file):
+    """Score a detector on a labeled set, and the gap to another scene with --shift.
+
+    Either run the exported model EXPORT on the sets, or score predictions files (hack predict's
+    format). Reports VOC07 mAP@0.5, VOC mAP@0.5, COCO AP@[.5:.95] and AP50 per set and class with
+    95% bootstrap intervals over images; with --shift the gap (in - shift) and the retention
+    (shift / in). Writes OUT/metrics.json, report.md, report.html, pr_curves.png, examples.png.
+
+    \b
+    Examples:
+      hack eval export --data test-a --shift test-b --out report
+      hack eval --predictions a.json --data test-a --out report
+      hack eval --predictions a.json --data test-a \\
+                --shift-predictions b.json --shift test-b --out report
+    """
+    from hackathon.evaluate import run_eval, terminal_summary
+    from labeling.workspace import classes_from_option
+
+    result = run_eval(data, out, export=export, predictions=predictions, shift=shift,
+                      shift_predictions=shift_predictions, classes=classes_from_option(classes_csv, labels_file),
+                      n_boot=n_boot, seed=seed, threshold=threshold, echo=lambda m: click.secho(m, fg="yellow", err=True))
+    click.echo(terminal_summary(result))
+    click.echo(f"report: {out / 'report.html'} (also report.md, metrics.json, pr_curves.png, examples.png)")
+
+
+@cli.command("predict")
+@click.argument("export", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--threshold", default=0.3, show_default=True, type=float,
+              help="Lowest score drawn on the images.")
+@click.option("--keep", default=0.01, show_default=True, type=float,
+              help="Lowest score written to the predictions file (mAP needs the low-score tail; judges score this file).")
+def predict_cmd(export, images, out, threshold, keep):
+    """Run the exported model EXPORT on IMAGES (photos or folders of photos).
+
+    Writes OUT/predictions.json and OUT/predictions.csv (images named relative to the folder given,
+    boxes in pixels of the upright photo) and OUT/images/NAME with the boxes drawn. Photos are read
+    upright from their EXIF orientation. An unreadable photo is named, the others are still done,
+    and the exit code is 1.
+
+    \b
+    Example:
+      hack predict export test-photos/ --out predictions
+      hack eval --predictions predictions/predictions.json --data test-photos --out report
+    """
+    from hackathon.predict import run_predict
+
+    rows, failed, drawn = run_predict(export, images, out, threshold=threshold, keep=keep)
+    for path, message in failed:
+        click.secho(f"error: {message}", fg="red", err=True)
+    click.echo(f"{len(rows)} detection(s) on {drawn} photo(s) in {out / 'predictions.json'} (and .csv); "
+               f"drawn (score >= {threshold}) in {out / 'images'}")
+    if failed:
+        sys.exit(1)
+
+
 # ---- scene shift: shift (issue 4) ----
 
 @cli.command("shift")

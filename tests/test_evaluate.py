@@ -1,0 +1,146 @@
+"""hack eval through the CLI on real labelme folders, real predictions files and a real exported SSD:
+the numbers (perfect predictions give 1, half the detections give the known values, gap and
+retention follow), the files (metrics.json's shape, a self-contained and escaped HTML page, PNGs),
+the two ways of giving a detector agreeing, and clear errors for wrong flag combinations."""
+import json
+from html.parser import HTMLParser
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from hackathon.cli import cli
+from hackathon.metrics import METRICS
+from hackathon.truth import read_truth
+from labeling.pack import pack_dataset
+from labelme_data import labeled_set
+from test_predict import make_export
+
+CLASSES = ["fish", "a<b>&c"]  # a class name that HTML must escape
+
+
+def make_set(root, n, scene):
+    labeled_set(root, n=n, classes=CLASSES, scene=scene, size=(200, 150))
+    (root / "classes.txt").write_text("".join(c + "\n" for c in CLASSES))
+    return root
+
+
+def truth_rows(folder, keep=lambda i, name: True):
+    t = read_truth(folder)
+    return [{"image": n, "label": t.classes[c], "score": 0.9 - 0.01 * i, "bbox": b.tolist()}
+            for i, n in enumerate(t.images) if keep(i, n) for b, c in zip(t.boxes[n], t.labels[n])]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def two_sets(tmp_path):
+    a = make_set(tmp_path / "A", 6, "tank-a")
+    b = make_set(tmp_path / "B", 4, "tank-b")
+    (tmp_path / "a.json").write_text(json.dumps(truth_rows(a)))
+    # the shift set: detections on its first two images only (one of each class): recall 1/2 per class
+    (tmp_path / "b.json").write_text(json.dumps(truth_rows(b, lambda i, n: i < 2)))
+    return tmp_path
+
+
+def test_perfect_and_half_predictions_give_the_known_numbers(two_sets):
+    t = two_sets
+    r = invoke("eval", "--predictions", t / "a.json", "--data", t / "A", "--shift-predictions", t / "b.json",
+               "--shift", t / "B", "--out", t / "report", "--bootstrap", "50")
+    assert r.exit_code == 0, r.output
+    m = json.loads((t / "report" / "metrics.json").read_text())
+    half = {"voc07_map50": 6 / 11, "voc_map50": 0.5, "coco_map": 51 / 101, "coco_map50": 51 / 101}
+    for metric in METRICS:
+        assert m["in_scene"][metric] == pytest.approx(1.0)
+        assert m["shift"][metric] == pytest.approx(half[metric])
+        assert m["gap"][metric] == pytest.approx(1 - half[metric])
+        assert m["retention"][metric] == pytest.approx(half[metric])
+        lo, hi = m["gap_ci95"][metric]
+        assert 0 <= lo <= hi <= 1 + 1e-9  # VOC07 sums 11 elevenths: 1.0000000000000002, as GluonCV
+        assert set(m["in_scene"]["per_class"]) == set(CLASSES)
+    assert m["in_scene"]["per_class"]["fish"]["n_truth"] == 3 and m["shift"]["n_images"] == 4
+    assert m["shift"]["images"][0]["fn"] == 1 and m["shift"]["images"][-1]["f1"] == 1.0  # worst first
+    assert m["per_class_drop"]["fish"]["voc07_map50"]["drop"] == pytest.approx(1 - 6 / 11)
+    assert "VOC07 mAP@0.5" in r.output and "report.html" in r.output
+    for png in ("pr_curves.png", "examples.png"):
+        assert Image.open(t / "report" / png).format == "PNG"
+
+
+class Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.srcs, self.text = set(), [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.srcs += [v for k, v in attrs if k in ("src", "href")]
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_html_report_is_self_contained_and_escaped(two_sets):
+    t = two_sets
+    invoke("eval", "--predictions", t / "a.json", "--data", t / "A", "--out", t / "report", "--bootstrap", "20")
+    page = (t / "report" / "report.html").read_text()
+    parser = Tags()
+    parser.feed(page)
+    assert parser.tags <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "table", "tr", "th", "td", "img"}
+    assert parser.srcs and all(s.startswith("data:image/png;base64,") for s in parser.srcs)
+    assert "a<b>&c" in "".join(parser.text) and "&lt;b&gt;&amp;c" in page
+    md = (t / "report" / "report.md").read_text()
+    assert "| a<b>&c |" in md and "## Per class" in md and "![examples.png](examples.png)" in md
+
+
+def test_export_and_its_predictions_file_score_the_same(tmp_path):
+    a = make_set(tmp_path / "A", 3, "tank-a")
+    b = make_set(tmp_path / "B", 2, "tank-b")
+    export = make_export(tmp_path / "export", classes=CLASSES)
+    r = invoke("eval", export, "--data", a, "--shift", b, "--out", tmp_path / "r1", "--bootstrap", "20")
+    assert r.exit_code == 0, r.output
+    for s in ("A", "B"):
+        assert invoke("predict", export, tmp_path / s, "--out", tmp_path / f"p{s}").exit_code == 0
+    r = invoke("eval", "--predictions", tmp_path / "pA" / "predictions.json", "--data", a, "--shift-predictions",
+               tmp_path / "pB" / "predictions.csv", "--shift", b, "--out", tmp_path / "r2", "--bootstrap", "20")
+    assert r.exit_code == 0, r.output
+    m1, m2 = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("r1", "r2"))
+    for key in ("in_scene", "shift"):
+        assert {k: m1[key][k] for k in METRICS} == {k: m2[key][k] for k in METRICS}
+        assert m1[key]["per_class"] == m2[key]["per_class"]
+    assert m1["gap"] == m2["gap"]
+
+
+def test_packed_rec_as_the_data(tmp_path):
+    labeled_set(tmp_path / "labels", n=5, classes=CLASSES, size=(200, 150))
+    pack_dataset([tmp_path / "labels"], tmp_path / "data", CLASSES, val_fraction=0.4, seed=0, progress=False, workers=1)
+    rows = truth_rows(tmp_path / "labels")
+    val = read_truth(tmp_path / "data" / "val.rec")
+    (tmp_path / "p.json").write_text(json.dumps([r for r in rows if r["image"] in val.index]))
+    r = invoke("eval", "--predictions", tmp_path / "p.json", "--data", tmp_path / "data" / "val.rec",
+               "--out", tmp_path / "r", "--bootstrap", "20")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["in_scene"]["n_images"] == 2 and m["in_scene"]["coco_map"] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "A"], "give an EXPORT folder or --predictions FILE"),
+    (["--predictions", "a.json", "--data", "A", "--shift", "B"], "--shift SET needs --shift-predictions"),
+    (["--predictions", "a.json", "--data", "A", "--shift-predictions", "b.json"], "--shift SET needs --shift-predictions"),
+])
+def test_wrong_flag_combinations(two_sets, monkeypatch, args, message):
+    monkeypatch.chdir(two_sets)
+    r = CliRunner().invoke(cli, ["eval"] + args + ["--out", "report"])
+    assert r.exit_code == 1 and message in r.output
+
+
+def test_bad_predictions_stop_with_file_and_row(two_sets):
+    t = two_sets
+    rows = json.loads((t / "a.json").read_text())
+    rows[2]["bbox"][2] = float("nan")
+    (t / "bad.json").write_text(json.dumps(rows))
+    r = CliRunner().invoke(cli, ["eval", "--predictions", str(t / "bad.json"), "--data", str(t / "A"), "--out", str(t / "r")])
+    assert r.exit_code == 1 and "bad.json: 1 bad row(s)" in r.output and "row 3:" in r.output
+    assert not (t / "r" / "metrics.json").exists()
