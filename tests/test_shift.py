@@ -290,3 +290,26 @@ def test_calibration_undoes_shrinkage_and_gives_prior_odds_without_signal():
     assert a == pytest.approx(5, rel=0.1) and b == pytest.approx(0.5, abs=0.15)
     a, b = calibrate(-true, labels)  # anti-correlated: no usable signal, every photo gets the prior odds
     assert a == 0 and b == pytest.approx(np.log(labels.mean() / (1 - labels.mean())))
+
+
+def test_real_aquarium_photos_shot_early_and_late_differ_and_a_random_split_does_not(shared_dir, featurize, tmp_path):
+    """aquarium-scene-a's file numbers follow the visit: the first photos are jellyfish tanks, the
+    last ones the penguin pool (bench/RESULTS.md, "shift sanity")."""
+    photos = sorted((shared_dir / "data" / "aquarium-scene-a").glob("*.jpg"))
+    if len(photos) < 60:
+        pytest.skip("aquarium-scene-a has fewer than 60 photos")
+
+    def folder(name, chosen):
+        for p in chosen:
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / p.name).symlink_to(p.resolve())
+        return tmp_path / name
+
+    early_late = measure_shift(folder("early", photos[:30]), folder("late", photos[-30:]), tmp_path / "r1",
+                               permutations=50, progress=False, featurize=featurize)
+    assert early_late.auc > 0.7 and early_late.p_value < 0.05
+    mixed = photos[:30] + photos[-30:]
+    order = np.random.default_rng(0).permutation(60)
+    halves = measure_shift(folder("a", [mixed[i] for i in order[:30]]), folder("b", [mixed[i] for i in order[30:]]),
+                           tmp_path / "r2", permutations=50, progress=False, featurize=featurize)
+    assert halves.p_value > 0.05 and halves.ess_fraction > early_late.ess_fraction
