@@ -19,7 +19,7 @@ def write_report(result, out):
     """Write shift.json, shift.md, most-like-test.png, least-like-test.png and roc.png into `out`."""
     out = Path(out)
     order = np.argsort(-result.beta, kind="mergesort")
-    shown = min(SHEET_SIZE, result.n_train)
+    shown = min(SHEET_SIZE, max(1, result.n_train // 2))  # the two sheets never show the same photo
     contact_sheet([result.train_paths[i] for i in order[:shown]], result.beta[order[:shown]],
                   f"training photos most like the test scene (highest β of {result.n_train})", out / MOST_LIKE)
     least = order[::-1][:shown]
@@ -55,7 +55,7 @@ def report_json(r):
 
 def report_markdown(r, order):
     rows = lambda idx: "\n".join(f"| {_name(r.train_paths[i], r.train_dir)} | {r.beta[i]:.3g} |" for i in idx)
-    shown = min(10, r.n_train)
+    shown = min(10, max(1, r.n_train // 2))
     skipped = "".join(f"\n- {m}" for _, m in r.skipped) or "\nnone"
     return f"""# Scene shift: {display(r.train_dir)} → {display(r.test_dir)}
 
