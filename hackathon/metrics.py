@@ -185,7 +185,9 @@ def match(truth, predictions) -> Matches:
     # ranking within each (image, class) group: score descending, then the corners (row order never counts)
     b = p.boxes
     d_group = p.image * n_cls + p.label
-    order = np.lexsort((b[:, 3], b[:, 2], b[:, 1], b[:, 0], -p.score, d_group))
+    order = np.lexsort((-p.score, d_group))
+    if np.any((np.diff(d_group[order]) == 0) & (np.diff(p.score[order]) == 0)):  # ties: the corners decide
+        order = np.lexsort((b[:, 3], b[:, 2], b[:, 1], b[:, 0], -p.score, d_group))
     d_group, d_box = d_group[order], b[order]
     g_group = g_img * n_cls + g_cls
     g_order = np.argsort(g_group, kind="stable")  # truth order kept inside a group (first/last on ties)
@@ -209,9 +211,9 @@ def match(truth, predictions) -> Matches:
         _match_voc(sel, d_start, d_count, d_box, gt, voc, voc_gt)
         _match_coco(sel, d_start, d_count, d_box, gt, coco_tp, coco_fp)
 
-    # ranking for accumulation: class, score descending, image, corners (pycocotools: image order, stable)
-    acc = np.lexsort((d_box[:, 3], d_box[:, 2], d_box[:, 1], d_box[:, 0], d_group // n_cls, -p.score[order],
-                      d_group % n_cls))
+    # ranking for accumulation: class, score descending, image (pycocotools: image order, stable), then
+    # the rank inside the image (lexsort is stable and the rows are in rank order already)
+    acc = np.lexsort((d_group // n_cls, -p.score[order], d_group % n_cls))
     gt_found = np.full(len(g_box), -1)
     inv = np.empty_like(acc)
     inv[acc] = np.arange(len(acc))
