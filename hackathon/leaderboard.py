@@ -74,7 +74,7 @@ def connect(path, readonly=False):
     try:
         db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         if not readonly:
-            db.execute("PRAGMA journal_mode = WAL")
+            _wal(db)
             db.execute("PRAGMA foreign_keys = ON")
             with transaction(db):  # executescript would commit early: one statement at a time
                 for statement in SCHEMA.split(";"):
@@ -85,6 +85,22 @@ def connect(path, readonly=False):
         yield db
     finally:
         db.close()
+
+
+def _wal(db):
+    """Switch to WAL. The switch needs the file to itself and SQLite does not wait for that with
+    the busy timeout (two scorers creating one new file at once), so wait here."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"{BUSY_TIMEOUT_S:g} s waiting to switch the history to WAL")
+        time.sleep(0.05)
 
 
 def _has_schema(db):
