@@ -18,7 +18,6 @@ Example
 ...     print(sub.team, sub.kind, sub.error or sub.sha256[:12])
 """
 import hashlib
-import json
 import os
 import stat
 import struct
@@ -36,7 +35,6 @@ KNOWN = PREDICTION_FILES + IN_SCENE_FILES + MODEL_FILES + OPTIONAL_MODEL_FILES
 # What a team might send instead of an export; named in the message so they know what to do.
 CODE_OR_PICKLE = (".py", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".h5", ".sh", ".ipynb")
 IGNORED_NAMES = ("__MACOSX", ".DS_Store", "Thumbs.db")
-MX_NDARRAY_LIST_MAGIC = 0x112  # first 8 bytes of an mx.nd.save file (kMXAPINDArrayListMagic)
 HOW_TO_SUBMIT = ("send a folder or .zip with predictions.json (hack predict) or the exported model "
                  "(model-symbol.json, model-0000.params, classes.txt from hack export)")
 
@@ -141,6 +139,8 @@ def open_submission(sub, workdir, limits):
                 raise Refused(f"{name} is past the cap of {limits.max_predictions_mb:g} MB for a predictions "
                               "file; keep at most 100 boxes an image (hack predict --threshold).")
         if sub.kind == "model":
+            from hackathon.export_check import check_export
+
             check_export(sub.files)
     except Refused as e:
         sub.error = str(e)
@@ -187,7 +187,24 @@ def _check_member_name(name):
                       "zip the files themselves, with relative names.")
 
 
+def _declared_entries(path):
+    """The entry count in the zip's end record, read before zipfile parses a directory of any size."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - (22 + 65535)))  # the end record and its longest comment
+        tail = f.read()
+    i = tail.rfind(b"PK\x05\x06")
+    return struct.unpack("<H", tail[i + 10:i + 12])[0] if 0 <= i <= len(tail) - 22 else None
+
+
 def _extract_zip(path, workdir, limits):
+    if path.stat().st_size > limits.max_total_bytes:
+        raise Refused(f"{display(path.name)} is {path.stat().st_size / 2**20:.0f} MB, past the cap of "
+                      f"{limits.max_total_mb:g} MB; send only the predictions file or the exported model.")
+    count = _declared_entries(path)
+    if count is not None and count != 0xFFFF and count > limits.max_members:
+        raise Refused(f"the zip holds {count} entries, more than {limits.max_members}; send only the "
+                      "predictions file or the exported model.")
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
@@ -265,7 +282,8 @@ def _copy_folder(folder, workdir, limits):
 
 
 def _copy_capped(src, dest, limits, budget):
-    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # a link swapped in after the walk is refused
+    # a link swapped in after the walk is refused; a FIFO swapped in does not block the open
+    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as f, open(dest, "xb") as out:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             raise Refused(f"{display(src.name)} is not a regular file.")
@@ -304,89 +322,3 @@ def _hash_raw(path):
         return ""
     return h.hexdigest()
 
-
-def check_export(files):
-    """Check an exported model's files without running anything: the symbol is a graph with the
-    ``data`` input and three outputs, the params file is mxnet's NDArray list (not a pickle), the
-    class list and export.json are sane. The model itself only ever runs in a child process."""
-    graph = _read_json(files["model-symbol.json"], 64)
-    nodes = graph.get("nodes") if isinstance(graph, dict) else None
-    if not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("op"), str)
-                                              and isinstance(n.get("name"), str) for n in nodes):
-        raise Refused("model-symbol.json is not an MXNet symbol graph (no 'nodes' list of operators); "
-                      "write it with `hack export` (net.export).")
-    inputs = [n["name"] for n in nodes if n["op"] == "null"]
-    if "data" not in inputs:
-        raise Refused("model-symbol.json has no input named 'data'; export the hybridized net with net.export.")
-    heads = graph.get("heads")
-    if not isinstance(heads, list) or len(heads) != 3:
-        raise Refused(f"model-symbol.json has {len(heads) if isinstance(heads, list) else 'no'} outputs, "
-                      "not the 3 of a GluonCV SSD in inference mode (ids, scores, boxes); export after net.hybridize().")
-    unknown = sorted({n["op"] for n in nodes} - _mx_operators() - {"null"})
-    if unknown:
-        raise Refused(f"model-symbol.json uses operators MXNet 1.9.1 does not have ({', '.join(unknown[:5])}); "
-                      "export with the kit's mxnet.")
-    with open(files["model-0000.params"], "rb") as f:
-        head = f.read(16)
-    if len(head) < 16 or struct.unpack("<Q", head[:8])[0] != MX_NDARRAY_LIST_MAGIC:
-        kind = " (it looks like a pickle)" if head[:1] == b"\x80" else (" (it looks like a zip/torch file)"
-                                                                     if head[:2] == b"PK" else "")
-        raise Refused(f"model-0000.params is not an MXNet parameter file{kind}; write it with `hack export` "
-                      "(net.export), the judges never unpickle.")
-    classes = check_classes(files["classes.txt"])
-    if "export.json" in files:
-        check_export_json(_read_json(files["export.json"], 1), classes)
-    return classes
-
-
-def check_classes(path):
-    try:
-        text = path.read_bytes()[: 2**20 + 1].decode("utf-8")
-    except UnicodeDecodeError:
-        raise Refused("classes.txt is not UTF-8 text; write one class name a line.") from None
-    classes = [c.strip() for c in text.splitlines() if c.strip()]
-    if not classes or len(text) > 2**20:
-        raise Refused("classes.txt must hold one class name a line (and be small); copy it from `hack export`.")
-    if len(set(classes)) != len(classes):
-        raise Refused("classes.txt names a class twice; keep the order the model was trained with.")
-    return classes
-
-
-def check_export_json(meta, classes):
-    def numbers(v, n):
-        return isinstance(v, list) and len(v) == n and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e6 for x in v)
-
-    if not isinstance(meta, dict):
-        raise Refused("export.json is not a JSON object; copy it from `hack export` or leave it out.")
-    shape = meta.get("data_shape", [512, 512])
-    if not (numbers(shape, 2) and all(isinstance(x, int) and 32 <= x <= 2048 for x in shape)):
-        raise Refused(f"export.json: data_shape {str(shape)[:40]} is not [H, W] with 32..2048 pixels each.")
-    for key in ("mean", "std"):
-        if key in meta and not numbers(meta[key], 3):
-            raise Refused(f"export.json: {key} must be three numbers (RGB).")
-    if "std" in meta and any(x <= 0 for x in meta["std"]):
-        raise Refused("export.json: std must be positive.")
-    if "classes" in meta and meta["classes"] != classes:
-        raise Refused("export.json's classes differ from classes.txt; export again so both list the same classes.")
-
-
-def _read_json(path, max_mb):
-    data = path.read_bytes()
-    if len(data) > max_mb * 2**20:
-        raise Refused(f"{path.name} is larger than {max_mb} MB; that is not an export of an SSD.")
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise Refused(f"{path.name} is not valid JSON ({str(e)[:80]}); export again.") from None
-
-
-def _mx_operators():
-    """Names of every operator registered in this mxnet (read from the library, nothing run)."""
-    import ctypes
-
-    from mxnet.base import _LIB, check_call, py_str
-
-    size, names = ctypes.c_uint(), ctypes.POINTER(ctypes.c_char_p)()
-    check_call(_LIB.MXListAllOpNames(ctypes.byref(size), ctypes.byref(names)))
-    return {py_str(names[i]) for i in range(size.value)}

@@ -5,6 +5,7 @@ import csv
 import json
 import multiprocessing
 import os
+import shutil
 import stat
 import struct
 import zipfile
@@ -376,3 +377,54 @@ def test_interval_and_paired_tie_on_plain_arrays():
                   "first_run": 2}])
     assert [(r["rank"], r["team"]) for r in rows] == [(1, "y"), (2, "x"), (3, "w"), (4, "z"), (None, "v")]
     assert [r["tie_above"] for r in rows] == [False, True, True, True, False]
+
+
+# ---- exported models: run by the scorer in a child process ----
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A real `net.export` of the kit's SSD (random weights, 300x300: fast), as hack export writes it."""
+    import mxnet as mx
+
+    from hackathon.models import build_ssd
+
+    folder = tmp_path_factory.mktemp("export")
+    net = build_ssd(list(CLASSES), data_shape=300, pretrained_base=False)
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, 300, 300)))
+    net.export(str(folder / "model"), epoch=0)
+    (folder / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (folder / "export.json").write_text(json.dumps({"kit_export": 1, "data_shape": [300, 300],
+                                                    "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                                                    "classes": list(CLASSES)}))
+    return folder
+
+
+def test_exported_model_is_run_and_scored_and_a_broken_one_is_invalid(tmp_path, tiny_export):
+    from hackathon.metrics import match
+    from hackathon.predict import load_detector, predict_images
+    from hackathon.predictions import Predictions
+    from hackathon.truth import read_truth
+
+    truth = make_truth(tmp_path / "test", n=3)
+    inbox = tmp_path / "inbox"
+    with zipfile.ZipFile(inbox.mkdir() or inbox / "modelled.zip", "w") as zf:
+        for f in tiny_export.iterdir():
+            zf.write(f, f"export/{f.name}")
+    broken = inbox / "truncated"
+    shutil.copytree(tiny_export, broken)
+    params = (broken / "model-0000.params").read_bytes()
+    (broken / "model-0000.params").write_bytes(params[: len(params) // 3])  # right magic, cut short
+    team_folder(inbox, "preds", preds(which=range(3)))
+    res = score_submissions(truth, inbox, tmp_path / "out", n_boot=100)
+    by = {r["team"]: r for r in res["board"]["rows"]}
+    assert by["modelled"]["status"] == "ok" and by["modelled"]["kind"] == "model", by["modelled"]["message"]
+    # the score is what the kit's own predict gives on the same images
+    t = read_truth(truth)
+    det = load_detector(tiny_export)
+    rows = predict_images(det, [truth / n for n in t.images], truth, progress=False)
+    expected = match(t, Predictions.from_rows(rows, t)).summary()
+    assert by["modelled"]["score"] == pytest.approx(expected["voc07_map50"], abs=1e-12)
+    assert by["modelled"]["coco"] == pytest.approx(expected["coco_map"], abs=1e-12)
+    assert by["truncated"]["status"] == "invalid" and "could not run" in by["truncated"]["message"]
+    assert by["preds"]["status"] == "ok"
