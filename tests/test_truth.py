@@ -78,3 +78,30 @@ def test_packed_rec_names_and_boxes_equal_the_labelme_folder(tmp_path):
 def test_truth_from_arrays_checks_lengths():
     with pytest.raises(ValueError):
         Truth(["a"], ["x"], {"x": [[0, 0, 1, 1]]}, {"x": [0, 0]}, {"x": (2, 2)}, {})
+
+
+def test_labelme_examples_equal_labelme_s_own_voc_export(shared_dir):
+    """labelme's example folder (older labelme JSON, labels.txt one folder up) against the VOC XML
+    labelme itself exported from the same files: an independent answer for every box."""
+    import xml.etree.ElementTree as ET
+
+    root = shared_dir / "fixtures" / "labelme-examples" / "bbox_detection"
+    t = read_truth(root / "data_annotated")
+    assert "person" in t.classes and "__ignore__" not in t.classes
+    xmls = sorted((root / "data_dataset_voc" / "Annotations").glob("*.xml"))
+    assert t.images == [x.stem + ".jpg" for x in xmls]
+    for x in xmls:
+        objs = ET.parse(x).getroot().findall("object")
+        expected = sorted((o.findtext("name"), *(float(o.find("bndbox").findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")))
+                          for o in objs)
+        name = x.stem + ".jpg"
+        got = sorted((t.classes[c], *b) for c, b in zip(t.labels[name], t.boxes[name].tolist()))
+        assert [g[0] for g in got] == [e[0] for e in expected]
+        np.testing.assert_allclose([g[1:] for g in got], [e[1:] for e in expected], atol=1e-6)
+
+
+def test_real_aquarium_scene(shared_dir):
+    t = read_truth(shared_dir / "data" / "aquarium-scene-a")
+    assert len(t.images) == 200 and t.n_boxes == 1362 and len(t.classes) == 7 and not t.unlabeled
+    assert all(0 <= b[0] < b[2] <= t.sizes[n][0] and 0 <= b[1] < b[3] <= t.sizes[n][1]
+               for n in t.images for b in t.boxes[n])
