@@ -65,12 +65,16 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
         from hackathon.predict import load_detector
 
         detector = load_detector(export)
-        classes = classes or detector.classes
     sets = []
     for key, path, pred_file in (("in_scene", data, predictions), ("shift", shift, shift_predictions)):
         if path is None:
             continue
         truth = read_truth(path, classes)
+        extra = [c for c in detector.classes if c not in truth.classes] if detector else []
+        if extra:  # they have no truth: left out of every mean, and said so
+            echo(f"warning: the model's class(es) {', '.join(extra)} are not in the class list of {truth.source} "
+                 f"({', '.join(truth.classes)}); their detections are not scored. Fix: train with the event's classes.")
+            truth.classes = truth.classes + extra
         classes = truth.classes
         if truth.unlabeled:
             echo(f"warning: {len(truth.unlabeled)} photo(s) in {truth.source} have no labelme file and are not "

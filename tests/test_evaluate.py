@@ -94,10 +94,14 @@ def test_html_report_is_self_contained_and_escaped(two_sets):
     assert "| a<b>&c |" in md and "## Per class" in md and "![examples.png](examples.png)" in md
 
 
-def test_export_and_its_predictions_file_score_the_same(tmp_path):
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return make_export(tmp_path_factory.mktemp("export") / "export", classes=CLASSES)
+
+
+def test_export_and_its_predictions_file_score_the_same(tmp_path, export):
     a = make_set(tmp_path / "A", 3, "tank-a")
     b = make_set(tmp_path / "B", 2, "tank-b")
-    export = make_export(tmp_path / "export", classes=CLASSES)
     r = invoke("eval", export, "--data", a, "--shift", b, "--out", tmp_path / "r1", "--bootstrap", "20")
     assert r.exit_code == 0, r.output
     for s in ("A", "B"):
@@ -110,6 +114,17 @@ def test_export_and_its_predictions_file_score_the_same(tmp_path):
         assert {k: m1[key][k] for k in METRICS} == {k: m2[key][k] for k in METRICS}
         assert m1[key]["per_class"] == m2[key]["per_class"]
     assert m1["gap"] == m2["gap"]
+
+
+def test_a_model_class_the_truth_lacks_is_named_and_left_out(tmp_path, export):
+    labeled_set(tmp_path / "A", n=2, classes=("fish",), size=(200, 150))
+    (tmp_path / "A" / "classes.txt").write_text("fish\n")
+    r = CliRunner().invoke(cli, ["eval", str(export), "--data", str(tmp_path / "A"), "--out",
+                                 str(tmp_path / "r"), "--bootstrap", "20"])
+    assert r.exit_code == 0, r.output
+    assert "the model's class(es) a<b>&c are not in the class list" in r.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["in_scene"]["per_class"]["a<b>&c"]["n_truth"] == 0 and m["in_scene"]["per_class"]["a<b>&c"]["coco_map"] is None
 
 
 def test_packed_rec_as_the_data(tmp_path):
