@@ -173,6 +173,9 @@ def _coco_ap(tp, fp, w, n_pos, at50):
 
 def match(truth, predictions) -> Matches:
     """Decide every detection's fate under VOC and COCO rules (see the module docstring)."""
+    if predictions.truth is not truth and (predictions.truth.images != truth.images
+                                           or predictions.truth.classes != truth.classes):
+        raise ValueError("predictions were validated against another truth; read them with this one")
     n_img, n_cls = len(truth.images), len(truth.classes)
     g_img = np.concatenate([np.full(len(truth.labels[n]), i) for i, n in enumerate(truth.images)] + [np.zeros(0, int)])
     g_cls = np.concatenate([truth.labels[n] for n in truth.images] + [np.zeros(0, int)]).astype(np.int64)
