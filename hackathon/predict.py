@@ -58,11 +58,12 @@ class Detector:
         ids, scores, boxes = (o[0].asnumpy() for o in self.net(x))
         ids, scores = ids.reshape(-1), scores.reshape(-1).astype(np.float64)
         boxes = boxes.reshape(-1, 4).astype(np.float64) * [w / W, h / H, w / W, h / H]
-        boxes = np.clip(boxes, 0, [w, h, w, h])
+        # rounded before judging, so a box that rounding makes empty is dropped here, not rejected later
+        boxes, scores = np.round(np.clip(boxes, 0, [w, h, w, h]), 2), np.round(scores, 6)
         keep = (ids >= 0) & (ids < len(self.classes)) & (scores >= threshold) & np.isfinite(scores) \
             & np.isfinite(boxes).all(1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
         order = np.argsort(-scores[keep], kind="stable")
-        return [{"label": self.classes[int(c)], "score": round(float(s), 6), "bbox": [round(float(v), 2) for v in b]}
+        return [{"label": self.classes[int(c)], "score": float(s), "bbox": [float(v) for v in b]}
                 for c, s, b in zip(ids[keep][order], scores[keep][order], boxes[keep][order])]
 
 

@@ -54,12 +54,13 @@ class FixedNet:
 def test_boxes_map_back_to_the_photo_and_preprocessing_is_gluoncv_s(tmp_path):
     from gluoncv.data.transforms.presets.ssd import SSDDefaultValTransform
 
-    net = FixedNet([[0], [1], [-1], [0]], [[0.9], [0.5], [0.99], [0.005]],
-                   [[30, 60, 150, 240], [-10, 0, 400, 20], [0, 0, 5, 5], [0, 0, 10, 10]])
+    net = FixedNet([[0], [1], [-1], [0], [1]], [[0.9], [0.5], [0.99], [0.005], [0.7]],
+                   [[30, 60, 150, 240], [-10, 0, 400, 20], [0, 0, 5, 5], [0, 0, 10, 10], [50, 50, 50.001, 60]])
     det = Detector(net, CLASSES, (300, 300), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), mx.cpu())
     im = Image.fromarray(np.random.RandomState(0).randint(0, 256, (120, 600, 3)).astype(np.uint8))
     rows = det.detect(im, threshold=0.01)
-    # x scaled by 600/300, y by 120/300; clipped to the photo; padding (-1) and score < threshold dropped
+    # x scaled by 600/300, y by 120/300; clipped to the photo; padding (-1), score < threshold and a box
+    # that is empty at the written precision (0.01 px) dropped
     assert rows == [{"label": "fish", "score": 0.9, "bbox": [60.0, 24.0, 300.0, 96.0]},
                     {"label": "shark", "score": 0.5, "bbox": [0.0, 0.0, 600.0, 8.0]}]
     expected, _ = SSDDefaultValTransform(300, 300)(mx.nd.array(np.asarray(im), dtype="uint8"), np.zeros((1, 5)))
