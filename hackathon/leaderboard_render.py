@@ -100,8 +100,9 @@ def esc(value):
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}td.t,th.t{text-align:left}
-tr.invalid td{color:#999}.tie{color:#b60;font-weight:bold}.msg{max-width:40em;text-align:left;white-space:pre-line}"""
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right;white-space:nowrap}td.t,th.t{text-align:left}
+tr.invalid td{color:#999}.tie{color:#b60;font-weight:bold}.msg{max-width:40em;text-align:left;white-space:pre-line;font-size:.85em}
+td.t{white-space:normal;max-width:20em;overflow-wrap:anywhere}"""
 
 
 def to_html(board):
@@ -120,7 +121,8 @@ def to_html(board):
         cells += [esc(r["status"]), f'<td class="msg">{esc(r["message"])}</td>']
         tds = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
         rows.append(f'<tr class="{"ok" if r["status"] == "ok" else "invalid"}">{tds}</tr>')
-    header = "".join(f'<th class="t">{h}</th>' if h == "team" else f"<th>{h}</th>" for h in head + ["status", "message"])
+    header = "".join(f'<th class="t">{h}</th>' if h in ("team", "message") else f"<th>{h}</th>"
+                     for h in head + ["status", "message"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Leaderboard</title><style>{CSS}</style></head><body>
 <h1>Leaderboard: {esc(metric)}</h1>
@@ -171,7 +173,8 @@ def chart_svg(board, width=720, bar=22):
             ym = y + bar / 2
             parts.append(f'<path d="M{x(r["lo"]):.1f} {ym}H{x(r["hi"]):.1f}M{x(r["lo"]):.1f} {ym - 6}V{ym + 6}'
                          f'M{x(r["hi"]):.1f} {ym - 6}V{ym + 6}" stroke="#222" stroke-width="1.5" fill="none"/>')
-        parts.append(f'<text x="{x(r["score"]) + 4:.1f}" y="{y + bar * 0.7:.1f}" font-size="11">{fmt(r["score"], 3)}</text>')
+        right = x(r["hi"] if r["hi"] is not None else r["score"])
+        parts.append(f'<text x="{right + 5:.1f}" y="{y + bar * 0.7:.1f}" font-size="11">{fmt(r["score"], 3)}</text>')
     height = pad * 2 + len(scored) * (bar + 6)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
             f'aria-label="scores with 95% intervals">{"".join(parts)}</svg>')

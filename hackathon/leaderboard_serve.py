@@ -27,7 +27,8 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
 body{font-family:system-ui,sans-serif;margin:1.5em 3em;background:#10141a;color:#eee;font-size:1.4em}
-table{border-collapse:collapse;width:100%}td,th{padding:.35em .6em;border-bottom:1px solid #333;text-align:right}
+table{border-collapse:collapse;width:100%}td,th{padding:.35em .6em;border-bottom:1px solid #333;text-align:right;white-space:nowrap}
+td.team,td.msg{white-space:normal;overflow-wrap:anywhere}
 td.team,th.team,td.msg{text-align:left}td.msg{white-space:pre-line;font-size:.7em}tr.invalid td{color:#888;font-size:.8em}.tie{color:#f0a040}
 .bar{height:.6em;background:#4a7ab5;display:block;margin-top:.2em}#status{color:#888;font-size:.7em}
 </style></head>

@@ -87,7 +87,8 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
                     ctx["weights"] = bootstrap_weights(len(truth.images), n=n_boot, seed=seed)
                 result = evaluate(sub, ctx, Path(tmp) / f"{i:04d}")
                 if result["status"] != "ok":
-                    echo(f"{sub.team}: {result['status']}: {result['message']}")
+                    with tqdm.external_write_mode(file=sys.stderr):  # a line above the bar, not through it
+                        echo(f"{sub.team}: {result['status']}: {result['message']}")
                 history.add_result(db, run_id, sid, run["config"], result)
             history.finish_run(db, run_id)
             board = history.board(db, run_id)
