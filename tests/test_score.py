@@ -334,6 +334,8 @@ def fake_export(folder, params=None, graph=None, classes="fish\nshark\n", export
     ({"graph": {"nodes": [{"op": "null", "name": "data"}, {"op": "os.system", "name": "p"}], "heads": [[0, 0, 0]] * 3}},
      "operators MXNet 1.9.1 does not have"),
     ({"graph": "rm -rf /"}, "not an MXNet symbol graph"),
+    ({"graph": {"nodes": [{"op": "null", "name": "data"}, {"op": "Custom", "name": "c", "attrs": {"op_type": "x"}}],
+                "heads": [[1, 0, 0]] * 3}}, "calls Python code"),
     ({"classes": "fish\nfish\n"}, "twice"),
     ({"export_json": {"data_shape": [100000, 100000]}}, "32..2048"),
     ({"export_json": {"data_shape": [512, 512], "classes": ["cat"]}}, "differ from classes.txt"),
@@ -345,6 +347,17 @@ def test_exported_model_checked_without_running(tmp_path, kwargs, words):
         assert sub.kind == "model" and not sub.error
     else:
         assert words in sub.error, sub.error
+
+
+def test_encrypted_member_is_refused(tmp_path):
+    with zipfile.ZipFile(tmp_path / "t.zip", "w") as zf:
+        zf.writestr("predictions.json", "[]")
+    raw = bytearray((tmp_path / "t.zip").read_bytes())  # zipfile cannot encrypt: set the flag bit by hand
+    raw[raw.index(b"PK\x03\x04") + 6] |= 0x1
+    raw[raw.index(b"PK\x01\x02") + 8] |= 0x1
+    (tmp_path / "t.zip").write_bytes(bytes(raw))
+    sub = open_submission(Submission("t", tmp_path / "t.zip", 0), tmp_path / "w", Limits())
+    assert "encrypted" in sub.error
 
 
 def test_model_missing_a_file_or_mixed_with_predictions(tmp_path):
@@ -428,3 +441,14 @@ def test_exported_model_is_run_and_scored_and_a_broken_one_is_invalid(tmp_path, 
     assert by["modelled"]["coco"] == pytest.approx(expected["coco_map"], abs=1e-12)
     assert by["truncated"]["status"] == "invalid" and "could not run" in by["truncated"]["message"]
     assert by["preds"]["status"] == "ok"
+
+
+def test_a_model_past_its_time_limit_costs_only_its_team(tmp_path, tiny_export):
+    truth = make_truth(tmp_path / "test", n=2)
+    inbox = tmp_path / "inbox"
+    shutil.copytree(tiny_export, inbox / "slow")
+    team_folder(inbox, "quick", preds(which=range(2)))
+    res = score_submissions(truth, inbox, tmp_path / "out", n_boot=50, model_timeout_s=0.5)
+    by = {r["team"]: r for r in res["board"]["rows"]}
+    assert by["slow"]["status"] == "invalid" and "longer than 0.5 s" in by["slow"]["message"]
+    assert by["quick"]["status"] == "ok" and by["quick"]["rank"] == 1
