@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from hackathon.ranking import rank
+from labeling.errors import KitError
+from labeling.fileutil import display
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0
@@ -72,16 +74,22 @@ def connect(path, readonly=False):
         db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
     db.row_factory = sqlite3.Row
     try:
-        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        if not readonly:
-            _wal(db)
-            db.execute("PRAGMA foreign_keys = ON")
-            with transaction(db):  # executescript would commit early: one statement at a time
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                           (str(SCHEMA_VERSION),))
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            if not readonly:
+                _wal(db)
+                db.execute("PRAGMA foreign_keys = ON")
+                with transaction(db):  # executescript would commit early: one statement at a time
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            db.execute(statement)
+                    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                               (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and readonly:
+                raise
+            raise KitError(f"{display(path)}: not a leaderboard history ({e}). Fix: pass --db a new file name, "
+                           "or the leaderboard.db `hack score` wrote.") from None
         yield db
     finally:
         db.close()

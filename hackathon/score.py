@@ -56,13 +56,17 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
     submissions_dir, out = Path(submissions_dir), Path(out)
     if not submissions_dir.is_dir():
         raise KitError(f"{display(submissions_dir)}: no such folder. Fix: give the folder with one folder or .zip a team.")
+    db_path = Path(db_path) if db_path else out / "leaderboard.db"
+    for flag, path in (("--out", out), ("--db", db_path.parent)):
+        if submissions_dir.resolve() in (path.resolve(), *path.resolve().parents):
+            raise KitError(f"{flag} {display(path)} is inside --submissions, where it would be read as a team. "
+                           "Fix: write the leaderboard somewhere else.")
     echo = echo or (lambda *a: None)
     truth = read_truth(truth_path)
     if not truth.n_boxes:
         raise KitError(f"{display(truth_path)}: the test set has no labeled boxes, so nothing can be scored. "
                        "Fix: label it in labelme first (hack check to see).")
     in_truth = read_truth(in_scene) if in_scene else None
-    db_path = Path(db_path) if db_path else out / "leaderboard.db"
     subs = discover(submissions_dir)
     if not subs:
         raise KitError(f"{display(submissions_dir)}: no submissions in it. Fix: one folder or .zip a team.")

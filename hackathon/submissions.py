@@ -102,7 +102,7 @@ def discover(folder):
         path = Path(entry.path)
         st = entry.stat(follow_symlinks=False)
         is_zip = entry.name.lower().endswith(".zip")
-        team = display(entry.name[:-4] if is_zip else entry.name)
+        team = printable(display(entry.name[:-4] if is_zip else entry.name))
         sub = Submission(team=team, source=path, mtime=st.st_mtime)
         if stat.S_ISLNK(st.st_mode):
             sub.error = f"{display(entry.name)} is a symbolic link; copy the real folder or zip in its place."
@@ -114,6 +114,11 @@ def discover(folder):
         seen.setdefault(team, sub)
         subs.append(sub)
     return subs
+
+
+def printable(name):
+    """A name with its control characters spelled out (\\x1b...), so no terminal or page runs them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def open_submission(sub, workdir, limits):

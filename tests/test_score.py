@@ -452,3 +452,26 @@ def test_a_model_past_its_time_limit_costs_only_its_team(tmp_path, tiny_export):
     by = {r["team"]: r for r in res["board"]["rows"]}
     assert by["slow"]["status"] == "invalid" and "longer than 0.5 s" in by["slow"]["message"]
     assert by["quick"]["status"] == "ok" and by["quick"]["rank"] == 1
+
+
+def test_judges_mistakes_are_one_clear_error(tmp_path):
+    from labeling.errors import KitError
+
+    truth = make_truth(tmp_path / "test")
+    inbox = tmp_path / "inbox"
+    team_folder(inbox, "a", preds())
+    with pytest.raises(KitError, match="inside --submissions"):
+        score_submissions(truth, inbox, inbox / "board", n_boot=50)
+    (tmp_path / "notes.db").write_text("not sqlite, just notes " * 100)
+    with pytest.raises(KitError, match="not a leaderboard history"):
+        score_submissions(truth, inbox, tmp_path / "out", db_path=tmp_path / "notes.db", n_boot=50)
+    assert sorted(p.name for p in inbox.iterdir()) == ["a"]
+
+
+def test_control_characters_in_a_team_name_are_spelled_out(tmp_path):
+    truth = make_truth(tmp_path / "test")
+    inbox = tmp_path / "inbox"
+    team_folder(inbox, "red\x1b[31mteam", preds())
+    res = score_submissions(truth, inbox, tmp_path / "out", n_boot=50)
+    assert res["board"]["rows"][0]["team"] == "red\\x1b[31mteam"
+    assert "\x1b" not in (tmp_path / "out" / "leaderboard.csv").read_text()
