@@ -293,3 +293,29 @@ def test_page_in_chromium_escapes_and_updates_live(server, tmp_path):
         assert "3 teams scored" in driver.find_element(By.ID, "status").text
     finally:
         driver.quit()
+
+
+def test_cli_serve_binds_localhost_and_answers(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port, released for the server
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with history.connect(tmp_path / "lb.db") as db:
+        run_id, _ = history.start_run(db, run_row())
+        fill(db, run_id, [("solo", "s1", result(0.5))])
+    proc = subprocess.Popen([sys.executable, "-m", "hackathon.cli", "leaderboard", "serve", "--db",
+                             str(tmp_path / "lb.db"), "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line
+        data = json.loads(get(f"http://127.0.0.1:{port}/api/board")[2])
+        assert [r["team"] for r in data["rows"]] == ["solo"]
+        if shutil.which("ss"):  # iproute2: what the kernel says is listening on the port
+            listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+            assert listening and all("127.0.0.1:" in line for line in listening.splitlines()), listening
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -429,9 +429,10 @@ def test_exported_model_is_run_and_scored_and_a_broken_one_is_invalid(tmp_path, 
     params = (broken / "model-0000.params").read_bytes()
     (broken / "model-0000.params").write_bytes(params[: len(params) // 3])  # right magic, cut short
     team_folder(inbox, "preds", preds(which=range(3)))
-    res = score_submissions(truth, inbox, tmp_path / "out", n_boot=100)
+    res = score_submissions(truth, inbox, tmp_path / "out", n_boot=100, in_scene=truth)  # in-scene = test here
     by = {r["team"]: r for r in res["board"]["rows"]}
     assert by["modelled"]["status"] == "ok" and by["modelled"]["kind"] == "model", by["modelled"]["message"]
+    assert by["modelled"]["in_scene"] == pytest.approx(by["modelled"]["score"]) and by["modelled"]["gap"] == 0
     # the score is what the kit's own predict gives on the same images
     t = read_truth(truth)
     det = load_detector(tiny_export)
