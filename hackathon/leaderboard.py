@@ -156,25 +156,32 @@ def add_submission(db, run_id, team, sha256, kind, source, mtime):
         return db.execute("SELECT id FROM submissions WHERE team = ? AND sha256 = ?", (team, sha256)).fetchone()["id"]
 
 
-def find_result(db, submission_id, config):
-    row = db.execute("SELECT id FROM results WHERE submission_id = ? AND config = ?",
+def find_result(db, submission_id, config, scored_only=False):
+    """The stored result's id. ``scored_only``: only a result with a score counts, since a refusal
+    may depend on the scorer's settings (a time limit) or a scorer bug, and is looked at again."""
+    row = db.execute("SELECT id, status FROM results WHERE submission_id = ? AND config = ?",
                      (submission_id, config)).fetchone()
-    return row["id"] if row else None
+    return row["id"] if row and (row["status"] == "ok" or not scored_only) else None
 
 
 RESULT_FIELDS = ("status", "score", "lo", "hi", "coco", "in_scene", "gap", "retention", "message")
 
 
 def add_result(db, run_id, submission_id, config, result):
-    """Store a result (first writer wins: a second scorer's identical result is ignored) and
-    attach it to the run, in one transaction so a reader never sees half of it."""
+    """Store a result and attach it to the run, in one transaction so a reader never sees half.
+
+    A stored score is never replaced (two scorers computing the same one: the first wins); a
+    stored refusal is replaced only by a different outcome, so the same verdict again changes nothing.
+    """
     boot = result.get("boot")
     values = [result.get(k) for k in RESULT_FIELDS]
     values[RESULT_FIELDS.index("message")] = result.get("message") or ""
+    columns = RESULT_FIELDS + ("summary", "boot", "scored_at")
     with transaction(db):
         db.execute(
-            f"INSERT OR IGNORE INTO results (submission_id, config, {', '.join(RESULT_FIELDS)}, summary, boot,"
-            " scored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO results (submission_id, config, {', '.join(columns)}) VALUES ({', '.join('?' * (len(columns) + 2))})"
+            f" ON CONFLICT (submission_id, config) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in columns)}"
+            " WHERE results.status <> 'ok' AND (results.status <> excluded.status OR results.message <> excluded.message)",
             (submission_id, config, *values, json.dumps(result.get("summary")) if result.get("summary") else None,
              None if boot is None else np.asarray(boot, dtype="<f8").tobytes(), time.time()))
         result_id = find_result(db, submission_id, config)

@@ -46,22 +46,13 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
                       n_boot=DEFAULT_BOOT, seed=0, limits=None, model_timeout_s=1800.0, echo=None, progress=False):
     """Score every submission in ``submissions_dir`` and write the board into ``out``.
 
-    Returns {"run_id", "board", "paths", "db"}; see the module docstring for the steps.
+    Returns {"run_id", "board", "paths", "db", "new_run"}; see the module docstring for the steps.
     """
-    from hackathon.metrics import METRICS, bootstrap_weights
     from hackathon.truth import read_truth
 
-    if metric not in METRICS:
-        raise KitError(f"--metric {metric}: unknown. Fix: one of {', '.join(METRICS)}.")
     submissions_dir, out = Path(submissions_dir), Path(out)
-    if not submissions_dir.is_dir():
-        raise KitError(f"{display(submissions_dir)}: no such folder. Fix: give the folder with one folder or .zip a team.")
     db_path = Path(db_path) if db_path else out / "leaderboard.db"
-    for flag, path in (("--out", out), ("--db", db_path.parent)):
-        if submissions_dir.resolve() in (path.resolve(), *path.resolve().parents):
-            raise KitError(f"{flag} {display(path)} is inside --submissions, where it would be read as a team. "
-                           "Fix: write the leaderboard somewhere else.")
-    echo = echo or (lambda *a: None)
+    _check_arguments(submissions_dir, out, db_path, metric)
     truth = read_truth(truth_path)
     if not truth.n_boxes:
         raise KitError(f"{display(truth_path)}: the test set has no labeled boxes, so nothing can be scored. "
@@ -77,27 +68,47 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
         ctx = {"truth": truth, "truth_path": Path(truth_path).resolve(), "in_truth": in_truth,
                "in_path": Path(in_scene).resolve() if in_scene else None, "metric": metric,
                "weights": None, "n_boot": n_boot, "seed": seed, "timeout": model_timeout_s, "tmp": Path(tmp)}
-        with history.connect(db_path) as db:
-            run_id, new = history.start_run(db, run)
-            for i, sub in enumerate(tqdm(subs, desc="scoring", unit="team", disable=not progress)):
-                sid = history.add_submission(db, run_id, sub.team, _db_sha(sub), sub.kind or None,
-                                             display(sub.source.name), sub.mtime)
-                rid = history.find_result(db, sid, run["config"])
-                if rid is not None:  # scored before under the same config: same row, nothing recomputed
-                    with history.transaction(db):
-                        history.attach(db, run_id, rid)
-                    continue
-                if ctx["weights"] is None and not sub.error:
-                    ctx["weights"] = bootstrap_weights(len(truth.images), n=n_boot, seed=seed)
-                result = evaluate(sub, ctx, Path(tmp) / f"{i:04d}")
-                if result["status"] != "ok":
-                    with tqdm.external_write_mode(file=sys.stderr):  # a line above the bar, not through it
-                        echo(f"{sub.team}: {result['status']}: {result['message']}")
-                history.add_result(db, run_id, sid, run["config"], result)
-            history.finish_run(db, run_id)
-            board = history.board(db, run_id)
+        run_id, new, board = _score_run(db_path, run, subs, ctx, echo or (lambda *a: None), progress)
     paths = write_board(board, out)
     return {"run_id": run_id, "board": board, "paths": paths, "db": db_path, "new_run": new}
+
+
+def _check_arguments(submissions_dir, out, db_path, metric):
+    from hackathon.metrics import METRICS
+
+    if metric not in METRICS:
+        raise KitError(f"--metric {metric}: unknown. Fix: one of {', '.join(METRICS)}.")
+    if not submissions_dir.is_dir():
+        raise KitError(f"{display(submissions_dir)}: no such folder. Fix: give the folder with one folder or .zip a team.")
+    for flag, path in (("--out", out), ("--db", db_path.parent)):
+        if submissions_dir.resolve() in (path.resolve(), *path.resolve().parents):
+            raise KitError(f"{flag} {display(path)} is inside --submissions, where it would be read as a team. "
+                           "Fix: write the leaderboard somewhere else.")
+
+
+def _score_run(db_path, run, subs, ctx, echo, progress):
+    """Record the run, score what the history does not have yet, and read the ranked board back."""
+    from hackathon.metrics import bootstrap_weights
+
+    with history.connect(db_path) as db:
+        run_id, new = history.start_run(db, run)
+        for i, sub in enumerate(tqdm(subs, desc="scoring", unit="team", disable=not progress)):
+            sid = history.add_submission(db, run_id, sub.team, _db_sha(sub), sub.kind or None,
+                                         display(sub.source.name), sub.mtime)
+            rid = history.find_result(db, sid, run["config"], scored_only=True)
+            if rid is not None:  # scored before under the same config: same row, nothing recomputed
+                with history.transaction(db):
+                    history.attach(db, run_id, rid)
+                continue
+            if ctx["weights"] is None and not sub.error:
+                ctx["weights"] = bootstrap_weights(run["n_images"], n=ctx["n_boot"], seed=ctx["seed"])
+            result = evaluate(sub, ctx, ctx["tmp"] / f"{i:04d}")
+            if result["status"] != "ok":
+                with tqdm.external_write_mode(file=sys.stderr):  # a line above the bar, not through it
+                    echo(f"{sub.team}: {result['status']}: {result['message']}")
+            history.add_result(db, run_id, sid, run["config"], result)
+        history.finish_run(db, run_id)
+        return run_id, new, history.board(db, run_id)
 
 
 def evaluate(sub, ctx, workdir):

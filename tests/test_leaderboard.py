@@ -9,7 +9,6 @@ import re
 import shutil
 import sqlite3
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path

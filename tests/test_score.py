@@ -453,6 +453,14 @@ def test_a_model_past_its_time_limit_costs_only_its_team(tmp_path, tiny_export):
     by = {r["team"]: r for r in res["board"]["rows"]}
     assert by["slow"]["status"] == "invalid" and "longer than 0.5 s" in by["slow"]["message"]
     assert by["quick"]["status"] == "ok" and by["quick"]["rank"] == 1
+    # A refusal that came from the judges' settings is looked at again, in the same result row.
+    res = score_submissions(truth, inbox, tmp_path / "out", n_boot=50, model_timeout_s=300)
+    assert {r["team"]: r["status"] for r in res["board"]["rows"]} == {"slow": "ok", "quick": "ok"}
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "out" / "leaderboard.db")
+    assert con.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 2
+    con.close()
 
 
 def test_judges_mistakes_are_one_clear_error(tmp_path):
