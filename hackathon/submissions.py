@@ -149,6 +149,9 @@ def open_submission(sub, workdir, limits):
             check_export(sub.files)
     except Refused as e:
         sub.error = str(e)
+    except OSError as e:  # unreadable by the judges' account, or changed while being read
+        sub.error = (f"{display(sub.source.name)} could not be read ({e.strerror or type(e).__name__}); "
+                     "hand it in again as a plain folder or .zip.")
     if not sub.sha256 and sub.source.is_file():
         sub.sha256 = _hash_raw(sub.source)
     return sub
