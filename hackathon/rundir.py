@@ -1,0 +1,147 @@
+"""A training run's folder: everything a team needs to trust, resume, compare and export a run.
+
+Layout::
+
+    RUN/config.yaml      the resolved config, the class list, the package versions, the devices
+    RUN/results.csv      one line per epoch: losses, learning rate, validation mAP, images/s
+    RUN/curves.png       the same as pictures
+    RUN/last.params      weights after the last finished epoch; RUN/last.states: the optimizer's
+    RUN/best.params      weights of the epoch with the best validation mAP
+    RUN/state.json       where to resume: epochs done, best mAP and epoch, epochs without gain
+
+Every file is written beside its final name and renamed when whole, and ``state.json`` last: a run
+killed at any instant resumes from a consistent last finished epoch.
+"""
+import csv
+import io
+import json
+import platform
+from pathlib import Path
+
+import yaml
+
+from labeling.errors import KitError
+from labeling.fileutil import atomic_path, display, write_json_atomic, write_text_atomic
+
+RESULT_FIELDS = ["epoch", "lr", "cls_loss", "box_loss", "val_map50", "images_per_s", "seconds"]
+
+
+def versions():
+    import gluoncv
+    import mxnet
+    import numpy
+
+    from hackathon import __version__
+
+    return {"python": platform.python_version(), "mxnet": mxnet.__version__, "gluoncv": gluoncv.__version__,
+            "numpy": numpy.__version__, "kit": __version__}
+
+
+class RunDir:
+    """Paths and atomic reads/writes of one run folder."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __getattr__(self, name):
+        files = {"config": "config.yaml", "results": "results.csv", "curves": "curves.png", "last": "last.params",
+                 "last_states": "last.states", "best": "best.params", "state": "state.json"}
+        if name in files:
+            return self.path / files[name]
+        raise AttributeError(name)
+
+    @classmethod
+    def create(cls, path):
+        """A new run folder; refuses one that already holds a run (that is --resume's job)."""
+        run = cls(path)
+        if run.path.exists() and (run.config.exists() or run.state.exists()):
+            raise KitError(f"{display(run.path)} already holds a training run. Fix: `hack train DATA --resume "
+                           f"{run.path}` to continue it, or pick another --out.")
+        if run.path.exists() and not run.path.is_dir():
+            raise KitError(f"{display(run.path)} is a file. Fix: pick another --out.")
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @classmethod
+    def open(cls, path):
+        """An existing run to resume or export; KitError when the folder holds none."""
+        run = cls(path)
+        if not run.config.is_file():
+            raise KitError(f"{display(run.path)}: no config.yaml, so no training run is there. "
+                           "Fix: give the --out folder of a `hack train`.")
+        return run
+
+    def write_config(self, config: dict):
+        write_text_atomic(self.config, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+
+    def read_config(self) -> dict:
+        try:
+            config = yaml.safe_load(self.config.read_text("utf-8"))
+        except yaml.YAMLError as e:
+            raise KitError(f"{display(self.config)}: not readable YAML ({e}). Fix: restore it, or train anew.") from None
+        if not isinstance(config, dict) or "classes" not in config:
+            raise KitError(f"{display(self.config)}: not a kit run config. Fix: restore it, or train anew.")
+        return config
+
+    def read_state(self):
+        """The resume point, or None before the first epoch finished."""
+        if not self.state.is_file():
+            return None
+        return json.loads(self.state.read_text("utf-8"))
+
+    def save_epoch(self, net, trainer, state: dict, results: list, improved: bool):
+        """Checkpoint after an epoch: weights, optimizer, results, curves, and state.json last."""
+        save_params(net, self.last)
+        with atomic_path(self.last_states) as tmp:
+            trainer.save_states(str(tmp))
+        if improved:
+            save_params(net, self.best)
+        self.write_results(results)
+        write_json_atomic(self.state, state)
+
+    def read_results(self) -> list:
+        if not self.results.is_file():
+            return []
+        with open(self.results, newline="", encoding="utf-8") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def write_results(self, results: list):
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for row in results:
+            w.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in RESULT_FIELDS})
+        write_text_atomic(self.results, buf.getvalue())
+        plot_curves(results, self.curves)
+
+
+def save_params(net, path):
+    with atomic_path(path) as tmp:
+        net.save_parameters(str(tmp))
+
+
+def plot_curves(results, path):
+    """Losses, validation mAP and learning rate per epoch, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in results]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    axes[0].plot(epochs, [r["cls_loss"] for r in results], "o-", label="class (cross-entropy)")
+    axes[0].plot(epochs, [r["box_loss"] for r in results], "o-", label="box (smooth L1)")
+    axes[0].set_title("training loss")
+    axes[0].legend()
+    axes[1].plot(epochs, [r["val_map50"] for r in results], "o-", color="tab:green")
+    axes[1].set_title("validation mAP@0.5 (VOC07)")
+    axes[1].set_ylim(0, max(0.05, max((r["val_map50"] for r in results), default=0) * 1.15))
+    axes[2].plot(epochs, [r["lr"] for r in results], "o-", color="tab:gray")
+    axes[2].set_title("learning rate (end of epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)

@@ -1,0 +1,217 @@
+"""hack train / hack export: a real SSD trained for real on small packed data made here.
+
+Each run is tiny (a few synthetic photos, 300x300, 1-2 epochs), so these check behaviour, not
+accuracy: the run folder, the multi-device path on several CPU contexts, exact resume after a
+SIGKILL, MXNet's parameter server with two local workers, NaN and bad-input handling, the export.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mxnet as mx
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from hackathon.cli import cli
+from hackathon.weights import KitError, find_checkpoint
+from labeling.pack import pack_dataset
+
+CLASSES = ["red", "blue"]
+ROOT = Path(__file__).resolve().parents[1]
+HACK = [sys.executable, "-m", "hackathon.cli"]
+
+
+def make_scene(folder, n=8, seed=0, size=(160, 120)):
+    """n photos of coloured blocks on a noisy background, with their labelme JSON beside them."""
+    rng = np.random.RandomState(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        w, h = size
+        px = rng.randint(60, 140, (h, w, 3)).astype(np.uint8)
+        shapes = []
+        for k in range(1 + i % 2):
+            cls = (i + k) % 2
+            bw, bh = rng.randint(30, 60), rng.randint(25, 50)
+            x0, y0 = rng.randint(0, w - bw), rng.randint(0, h - bh)
+            px[y0:y0 + bh, x0:x0 + bw] = (220, 30, 30) if cls == 0 else (30, 30, 220)
+            shapes.append({"label": CLASSES[cls], "points": [[x0, y0], [x0 + bw, y0 + bh]], "group_id": None,
+                           "description": "", "shape_type": "rectangle", "flags": {}, "mask": None})
+        Image.fromarray(px).save(folder / f"p{i}.jpg", quality=95)
+        (folder / f"p{i}.json").write_text(json.dumps({
+            "version": "5.11.4", "flags": {}, "shapes": shapes, "imagePath": f"p{i}.jpg", "imageData": None,
+            "imageHeight": h, "imageWidth": w}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    photos = make_scene(root / "photos" / "scene-a", n=8)
+    pack_dataset([photos], root / "data", CLASSES, val_fraction=0.25, seed=0, progress=False)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def have_weights():
+    try:
+        find_checkpoint()
+    except KitError as e:
+        pytest.skip(str(e))
+
+
+def train_args(data, out, *extra):
+    return ["train", str(data), "--out", str(out), "--batch-size", "2", "--epochs", "2", "--workers", "0",
+            "--patience", "0", *extra]
+
+
+def test_two_cpu_contexts_train_a_run_folder_that_exports_and_reloads(data, tmp_path, have_weights):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, train_args(data, run, "--cpus", "2"))
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["classes"] == CLASSES and config["devices"] == ["cpu(0)", "cpu(1)"]
+    assert config["versions"]["mxnet"] == mx.__version__ and config["train"]["batch_size"] == 2
+    rows = (run / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,lr,cls_loss,box_loss,val_map50") and len(rows) == 3
+    assert all(float(r.split(",")[2]) > 0 for r in rows[1:])  # a real, finite class loss each epoch
+    for name in ("best.params", "last.params", "last.states", "curves.png", "state.json"):
+        assert (run / name).stat().st_size > 0, name
+    assert json.loads((run / "state.json").read_text())["epochs_done"] == 2
+
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "classes.txt").read_text().split() == CLASSES
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["data_shape"] == [300, 300] and meta["classes"] == CLASSES
+    net = mx.gluon.SymbolBlock.imports(str(out / "model-symbol.json"), ["data"], str(out / "model-0000.params"))
+    ids, scores, boxes = net(mx.nd.zeros((2, 3, 300, 300)))
+    assert ids.shape == (2, 100, 1) and boxes.shape == (2, 100, 4)
+    assert set(np.unique(ids.asnumpy())) <= {-1.0, 0.0, 1.0}
+
+
+def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(data, tmp_path, have_weights):
+    args = ["--batch-size", "2", "--epochs", "3", "--workers", "0", "--patience", "0"]
+    whole = tmp_path / "whole"
+    subprocess.run(HACK + ["train", str(data), "--out", str(whole)] + args, check=True, capture_output=True, cwd=ROOT)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(HACK + ["train", str(data), "--out", str(killed)] + args, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "state.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into epoch 2
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((killed / "state.json").read_text())
+    assert state["epochs_done"] < 3
+    for name in ("last.params", "best.params"):  # a half-written file never has a final name
+        mx.nd.load(str(killed / name))  # loads whole
+
+    done = subprocess.run(HACK + ["train", str(data), "--resume", str(killed)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming after epoch {state['epochs_done']}" in done.stdout
+    a, b = mx.nd.load(str(whole / "last.params")), mx.nd.load(str(killed / "last.params"))
+    assert a.keys() == b.keys()
+    # Same batches, same augmentation, same optimizer state: equal up to float reordering in the kernels.
+    worst = max(float(np.abs(a[k].asnumpy() - b[k].asnumpy()).max()) for k in a)
+    assert worst < 1e-3, worst
+    ra = (whole / "results.csv").read_text().splitlines()
+    rb = (killed / "results.csv").read_text().splitlines()
+    assert len(ra) == len(rb) == 4
+    for x, y in zip(ra[1:], rb[1:]):
+        np.testing.assert_allclose([float(v) for v in x.split(",")[1:5]], [float(v) for v in y.split(",")[1:5]],
+                                   rtol=1e-3, atol=1e-4)
+
+
+def test_dist_sync_parameter_server_two_workers_end_with_identical_weights(data, tmp_path, have_weights):
+    run = tmp_path / "dist"
+    # mxnet's tools/launch.py through the kit's Python 3.11 shim; scheduler, server, workers on loopback
+    cmd = [sys.executable, "-m", "hackathon.launch", "-n", "2", "-s", "1", "--launcher", "local",
+           " ".join(HACK + ["train", str(data), "--out", str(run), "--kvstore", "dist_sync", "--batch-size", "2",
+                            "--epochs", "2", "--workers", "0", "--patience", "0"])]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "machine 1/2" in result.stdout and "machine 2/2" in result.stdout
+    rank0, rank1 = mx.nd.load(str(run / "last.params")), mx.nd.load(str(run / "workers" / "rank-1-last.params"))
+    assert rank0.keys() == rank1.keys()
+    for k in rank0:  # gradients through the parameter server, BatchNorm statistics averaged by the kit
+        np.testing.assert_array_equal(rank0[k].asnumpy(), rank1[k].asnumpy(), err_msg=k)
+    rows = (run / "results.csv").read_text().splitlines()[1:]
+    assert len(rows) == 2 and all(np.isfinite(float(r.split(",")[2])) for r in rows)
+    assert yaml.safe_load((run / "config.yaml").read_text())["machines"] == 2
+
+
+def test_nan_loss_stops_with_the_batch_and_keeps_the_last_good_checkpoint(data, tmp_path, have_weights):
+    from hackathon.train import NaNLoss, TrainConfig, train
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(data=str(data), out=str(run), epochs=1, batch_size=2, workers=0, patience=0)
+    train(cfg, progress=False, echo=lambda *_: None)
+    good = mx.nd.load(str(run / "last.params"))
+    with pytest.raises(NaNLoss, match=r"epoch 2, batch \d+.*last.params holds epoch 1.*--lr"):
+        train(cfg, resume_run=run, overrides={"epochs": 2, "lr": 1e30}, progress=False, echo=lambda *_: None)
+    after = mx.nd.load(str(run / "last.params"))
+    for k in good:
+        np.testing.assert_array_equal(good[k].asnumpy(), after[k].asnumpy())
+    assert json.loads((run / "state.json").read_text())["epochs_done"] == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--gpus", "0"], "mxnet sees no GPU"),
+    (["--amp"], "--amp needs GPUs"),
+    (["--model", "ssd_512_mobilenet1.0_custom"], "not in .*GluonCV's download hosts are gone"),
+    (["--model", "yolo3"], "--model yolo3: unknown"),
+])
+def test_impossible_requests_are_one_clear_line(data, tmp_path, monkeypatch, extra, message):
+    monkeypatch.setenv("MXNET_HOME", str(tmp_path / "mxnet-home"))
+    monkeypatch.delenv("MXNET_GLUON_REPO", raising=False)
+    result = CliRunner().invoke(cli, train_args(data, tmp_path / "run", *extra))
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    import re
+    assert re.search(message, result.output), result.output
+
+
+def test_bad_data_and_a_resume_with_other_classes_are_refused(data, tmp_path, have_weights):
+    result = CliRunner().invoke(cli, train_args(tmp_path / "nothing", tmp_path / "run"))
+    assert result.exit_code == 1 and "no such folder" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(cli, train_args(empty, tmp_path / "run"))
+    assert result.exit_code == 1 and "missing train.rec" in result.output
+
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, train_args(data, run, "--epochs", "1")).exit_code == 0
+    other = tmp_path / "other"
+    pack_dataset([data.parent / "photos"], other, ["blue", "red"], val_fraction=0.25, progress=False)
+    result = CliRunner().invoke(cli, ["train", str(other), "--resume", str(run)])
+    assert result.exit_code == 1 and "trained on classes ['red', 'blue']" in result.output
+    result = CliRunner().invoke(cli, train_args(data, run))
+    assert result.exit_code == 1 and "already holds a training run" in result.output
+
+
+def test_a_failed_save_never_leaves_a_truncated_checkpoint(tmp_path):
+    from hackathon.rundir import save_params
+
+    class DiskFull:
+        def save_parameters(self, path):
+            with open(path, "wb") as f:
+                f.write(b"half a file")
+            raise OSError(28, "No space left on device")
+
+    best = tmp_path / "best.params"
+    best.write_bytes(b"the good weights")
+    with pytest.raises(OSError):
+        save_params(DiskFull(), best)
+    assert best.read_bytes() == b"the good weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["best.params"]
