@@ -79,7 +79,7 @@ def classes_from_option(classes_csv=None, labels_file=None):
 
 
 def check_scene_name(scene: str) -> str:
-    if not SCENE_RE.match(scene or ""):
+    if not SCENE_RE.fullmatch(scene or ""):  # not match: "$" lets a trailing newline through
         raise KitError(f"scene name {scene!r}: use letters, digits, '-', '_' or '.', e.g. 'aquarium-a'.")
     return scene
 
