@@ -38,7 +38,6 @@ Example::
     >>> m = match(read_truth("test-scene"), read_predictions("predictions.json", truth))
     >>> m.summary()["voc07_map50"], m.score("coco_map", weights=bootstrap_weights(len(truth.images))[0])
 """
-import warnings
 
 import numpy as np
 

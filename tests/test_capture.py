@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import heic_can_encode, mean_abs_diff
+from conftest import heic_can_encode, mean_abs_diff, headless_chromium
 from hackathon.cli import cli
 from labeling.capture import CaptureHandler, CaptureStation, announce, display_name, make_server
 from labeling.errors import KitError
@@ -304,23 +304,9 @@ def test_cli_refuses_bad_limits_and_a_taken_port(ws):
 
 # ---- the real page in a real browser ----
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
 @pytest.fixture
 def browser(tmp_path):
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chrome-profile'}", "--window-size=412,915"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = headless_chromium(tmp_path, "--window-size=412,915")  # a phone's screen
     driver.set_page_load_timeout(30)
     try:
         yield driver

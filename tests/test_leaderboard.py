@@ -11,10 +11,11 @@ import sqlite3
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import headless_chromium
 
 from hackathon import leaderboard as history
 from hackathon.leaderboard_render import to_csv, to_html, to_markdown, write_board
@@ -240,19 +241,7 @@ def test_server_json_localhost_and_empty_history(server):
 
 
 def browser(tmp_path):
-    chromium, driver = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-    if not (chromium.exists() and driver.exists()):
-        pytest.skip("Debian chromium and chromium-driver are not installed")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(chromium)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chrome-profile'}"):
-        options.add_argument(arg)
-    return webdriver.Chrome(service=Service(str(driver)), options=options)
+    return headless_chromium(tmp_path)
 
 
 def test_page_in_chromium_escapes_and_updates_live(server, tmp_path):
