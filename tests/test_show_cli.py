@@ -81,9 +81,45 @@ def test_errors_are_one_line_and_verbose_shows_the_traceback(tmp_path):
     assert r.exit_code == 1 and "Traceback" in r.output
 
 
-def test_demo_runs_on_the_bundled_sample(tmp_path):
-    r = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "demo")])
+def test_demo_runs_every_step_on_the_bundled_sample(tmp_path):
+    """The whole evening on 20 sample photos with a seconds-long training budget: each step's
+    result is where the output says, the simulated scene is said to be simulated, and the
+    leaderboard ranks both teams."""
+    out = tmp_path / "demo"
+    r = CliRunner().invoke(cli, ["demo", "--out", str(out), "--minutes", "0.05", "--photos", "20"])
     assert r.exit_code == 0, r.output
-    assert "60 photo(s)" in r.output and "0 error(s)" in r.output
-    assert Image.open(tmp_path / "demo" / "train-grid.png").size[0] > 600
-    assert (tmp_path / "demo" / "data" / "train.rec").stat().st_size > 100_000
+    assert "20 photo(s)" in r.output and "0 error(s)" in r.output
+    assert "SIMULATED scene change" in r.output
+    assert Image.open(out / "train-grid.png").size[0] > 600
+    assert (out / "data" / "train.rec").stat().st_size > 50_000
+    assert (out / "run" / "curves.png").is_file() and (out / "export" / "model-symbol.json").is_file()
+    assert (out / "eval" / "report.html").is_file()
+    assert (out / "shift-report" / "shift.json").is_file() and (out / "predictions" / "predictions.json").is_file()
+    # the simulated scene: the same val photos, other pixels and framing, boxes moved into the new frame
+    val, other = sorted((out / "scenes" / "val").glob("*.jpg")), sorted((out / "scenes" / "other-camera").glob("*.jpg"))
+    assert [p.name for p in val] == [p.name for p in other] and len(val) == 4
+    a, b = Image.open(val[0]), Image.open(other[0])
+    assert b.size[0] < a.size[0] or b.size[1] < a.size[1]
+    assert sum(b.convert("L").resize((32, 32)).getdata()) < sum(a.convert("L").resize((32, 32)).getdata())
+    board = (out / "board" / "leaderboard.csv").read_text().splitlines()
+    assert len(board) == 3 and {row.split(",")[1] for row in board[1:]} == {"demo-team", "baseline"}
+    for result in ("train-grid.png", "run/curves.png", "eval/report.html", "shift-report/shift.md",
+                   "board/leaderboard.html"):
+        assert str(out / result) in r.output, result
+
+
+def test_other_camera_moves_the_boxes_with_the_crop(tmp_path):
+    from hackathon.demo import other_camera
+    from labeling.check import check_labels
+
+    p = photo(tmp_path / "val" / "a.jpg", size=(400, 300), box=(100, 80, 200, 180))
+    labelme_json(p, [rect("shark", 100, 80, 200, 180), rect("fish", 0, 0, 6, 6)])
+    other_camera(tmp_path / "val", tmp_path / "other", crop=0.12, seed=0)
+    report = check_labels([tmp_path / "other"], ["fish", "shark"])
+    assert not report.errors, report.problems
+    (item,) = report.items
+    # the corner box is cut off (less than half of it left); the shark box moved by the crop offset
+    assert [b[0] for b in item.boxes] == [1]
+    dx, dy = 400 - item.width, 300 - item.height
+    _, x1, y1, x2, y2 = item.boxes[0]
+    assert 0 < 100 - x1 <= dx and 0 < 80 - y1 <= dy and x2 - x1 == pytest.approx(100, abs=1)
