@@ -41,10 +41,12 @@ class TrainConfig:
     data_shape: int = 300          # square input; 300 is ~3x cheaper than 512 on a CPU
     epochs: int = 40
     batch_size: int = 8            # per device
-    lr: float = 0.01               # peak, after warm-up; for the whole batch of all devices
+    lr: float = 0.001              # peak, after warm-up; for the whole batch of all devices
     warmup_epochs: float = 1.0
-    momentum: float = 0.9
+    momentum: float = 0.9          # SGD only
     wd: float = 5e-4
+    optimizer: str = "adam"        # Adam: on the aquarium set, ~10x the val mAP of SGD after 100 steps
+    head_lr_mult: float = 1.0      # learning-rate multiplier of the layers the backbone lacks (random start)
     freeze_blocks: int = 3         # backbone stem + this many MobileNetV2 blocks kept at ImageNet values
     patience: int = 10             # stop after this many epochs without a better val mAP (0: never)
     max_minutes: float = 0.0       # stop (and validate, and save) after this much training (0: no limit)
@@ -142,13 +144,17 @@ def freeze(net, blocks):
     return n
 
 
-def lr_at(cfg, it, steps_per_epoch):
-    """Linear warm-up from lr/10, then cosine down to lr/100, by iteration (so resume picks it up)."""
+def lr_at(cfg, it, steps_per_epoch, elapsed=0.0):
+    """Linear warm-up from lr/10, then cosine down to lr/100. The cosine runs over the epochs, or
+    over the time budget when that ends first (so `--max-minutes 45` anneals by minute 45).
+    A function of the iteration and the training seconds, both in state.json: resume picks it up."""
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = min(total, int(cfg.warmup_epochs * steps_per_epoch))
     if it < warm:
         return cfg.lr * (0.1 + 0.9 * it / warm)
     t = (it - warm) / max(1, total - warm)
+    if cfg.max_minutes:
+        t = max(t, elapsed / (cfg.max_minutes * 60))
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
@@ -233,8 +239,13 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True):
                            part_index=rank)
     loader = train_loader(TrainSamples(train_rec, augment, anchors, seed=cfg.seed), batches, cfg.workers)
     vloader = val_loader(ValSamples(val_rec, cfg.data_shape), cfg.batch_size * len(ctxs), cfg.workers)
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": cfg.lr, "wd": cfg.wd,
-                            "momentum": cfg.momentum}, kvstore=kv or cfg.kvstore,
+    for name, p in net.collect_params().items():
+        if not name.startswith("mobilenetv2_"):
+            p.lr_mult = cfg.head_lr_mult
+    opt = {"learning_rate": cfg.lr, "wd": cfg.wd}
+    if cfg.optimizer == "sgd":
+        opt["momentum"] = cfg.momentum
+    trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, opt, kvstore=kv or cfg.kvstore,
                             update_on_kvstore=False if (cfg.amp or kv is not None) else None)
     if cfg.amp:
         amp.init_trainer(trainer)
@@ -348,7 +359,7 @@ def _train_epoch(cfg, net, trainer, loss_fn, loader, batches, ctxs, epoch, num_w
                leave=False)
     budget_hit = False
     for step, (x, cls_t, box_t) in enumerate(bar):
-        lr = lr_at(cfg, epoch * steps + step, steps)
+        lr = lr_at(cfg, epoch * steps + step, steps, state["seconds"] + time.time() - start)
         trainer.set_learning_rate(lr)
         xs = mx.gluon.utils.split_and_load(x, ctxs)
         cts = mx.gluon.utils.split_and_load(cls_t, ctxs)

@@ -5,7 +5,6 @@ accuracy: the run folder, the multi-device path on several CPU contexts, exact r
 SIGKILL, MXNet's parameter server with two local workers, NaN and bad-input handling, the export.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
