@@ -30,6 +30,8 @@ setup(
     ],
     # pycocotools: the COCO metric's test oracle; selenium drives Debian's chromium + chromedriver
     # (selenium 4.40: later releases pin a certifi newer than PyPI serves here).
-    extras_require={"test": ["pytest==9.2.0", "pycocotools==2.0.11", "selenium==4.40.0"]},
+    # nbclient + nbformat + ipykernel: tests/test_notebooks.py runs every notebook in notebooks/.
+    extras_require={"test": ["pytest==9.2.0", "pycocotools==2.0.11", "selenium==4.40.0",
+                             "nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"]},
     entry_points={"console_scripts": ["hack=hackathon.cli:main"]},
 )
