@@ -13,7 +13,6 @@ Example
 >>> net = mx.gluon.SymbolBlock.imports("export/model-symbol.json", ["data"], "export/model-0000.params")
 """
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
