@@ -198,7 +198,7 @@ def shift_step(scenes, out, echo=print, progress=True):
     from hackathon.shift import measure_shift
 
     report = out / "shift-report"
-    result = measure_shift(scenes["train"], scenes["other"], report, permutations=19, progress=progress)
+    result = measure_shift(scenes["train"], scenes["other"], report, permutations=99, progress=progress)
     echo(f"8/{STEPS} shift: {result.verdict()}")
     echo(f"    shift report: {report / 'shift.md'}, {report / 'most-like-test.png'}, {report / 'roc.png'}")
     return report

@@ -286,7 +286,7 @@ network; near 1.0, every photo's scene is obvious. The same classifier gives eac
 photos a weight: how much it resembles the test scene.""",
     """from hackathon.shift import measure_shift
 
-shift = measure_shift(folders["train"], folders["other"], WORK / "shift-report", permutations=19, progress=False)
+shift = measure_shift(folders["train"], folders["other"], WORK / "shift-report", permutations=99, progress=False)
 print(shift.verdict())
 display(Markdown((WORK / "shift-report" / "shift.md").read_text()[:1500]))""",
     """display(Image(filename=str(WORK / "shift-report" / "roc.png"), width=420))
