@@ -17,6 +17,7 @@ Example
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -96,11 +97,12 @@ def build_net(cfg, classes, ctx):
                        f"{', '.join(sorted(PRESET_BASES))}.")
     if cfg.pretrained:
         store_weights(PRESET_BASES[cfg.model])
-    import mxnet as mx
     from gluoncv.model_zoo import get_model
 
     net = get_model(cfg.model, classes=list(classes), pretrained_base=cfg.pretrained, ctx=ctx)
-    net.initialize(mx.init.Xavier(), ctx=ctx, force_reinit=False)
+    with warnings.catch_warnings():  # the ImageNet base is already initialized; only new layers are
+        warnings.filterwarnings("ignore", message=".*is already initialized", category=UserWarning)
+        net.initialize(ctx=ctx)  # GluonCV's train_ssd.py default
     return net
 
 

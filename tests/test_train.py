@@ -214,3 +214,16 @@ def test_a_failed_save_never_leaves_a_truncated_checkpoint(tmp_path):
         save_params(DiskFull(), best)
     assert best.read_bytes() == b"the good weights"
     assert [p.name for p in tmp_path.iterdir()] == ["best.params"]
+
+
+def test_a_gluoncv_preset_trains_from_scratch_and_exports(data, tmp_path):
+    run = tmp_path / "preset"
+    result = CliRunner().invoke(cli, train_args(data, run, "--model", "ssd_300_mobilenet0.25_custom",
+                                                "--no-pretrained", "--epochs", "1"))
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["model"] == "ssd_300_mobilenet0.25_custom"
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output
+    net = mx.gluon.SymbolBlock.imports(str(tmp_path / "export" / "model-symbol.json"), ["data"],
+                                       str(tmp_path / "export" / "model-0000.params"))
+    assert net(mx.nd.zeros((1, 3, 300, 300)))[2].shape == (1, 100, 4)
