@@ -45,6 +45,8 @@ def packed(work=WORK):
 
 def nb(cells):
     book = new_notebook(cells=[new_markdown_cell(c[3:]) if c.startswith("md:") else new_code_cell(c) for c in cells])
+    for i, cell in enumerate(book.cells):  # stable ids: regenerating changes only what was edited
+        cell.id = f"cell-{i:02d}"
     book.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                      "language_info": {"name": "python"}}
     return book
