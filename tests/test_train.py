@@ -227,3 +227,16 @@ def test_a_gluoncv_preset_trains_from_scratch_and_exports(data, tmp_path):
     net = mx.gluon.SymbolBlock.imports(str(tmp_path / "export" / "model-symbol.json"), ["data"],
                                        str(tmp_path / "export" / "model-0000.params"))
     assert net(mx.nd.zeros((1, 3, 300, 300)))[2].shape == (1, 100, 4)
+
+
+def test_early_stopping_after_patience_epochs_without_a_better_map(data, tmp_path, monkeypatch, have_weights):
+    import hackathon.train as t
+
+    scores = iter([0.10, 0.20, 0.15, 0.19, 0.30, 0.40])  # validation mAP per epoch, scripted
+    monkeypatch.setattr(t, "validate", lambda *a, **k: next(scores))
+    lines = []
+    cfg = t.TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=6, batch_size=2, workers=0, patience=2)
+    summary = t.train(cfg, progress=False, echo=lines.append)
+    assert summary["epochs_done"] == 4 and summary["best_epoch"] == 2 and summary["best_map50"] == 0.20
+    assert "stopped early: no better val mAP for 2 epochs; the best was 0.2000 at epoch 2" in lines[-1]
+    assert len((tmp_path / "run" / "results.csv").read_text().splitlines()) == 5
