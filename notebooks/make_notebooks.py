@@ -5,7 +5,7 @@
 The notebooks are committed without outputs. Every notebook runs alone, top to bottom, on the
 bundled sample; each reuses what an earlier one left in notebooks/work/ (the packed data, the
 run, the export) and makes it when missing. Environment variables keep CI fast:
-KIT_NOTEBOOK_MINUTES (training budget, default 1.5), KIT_NOTEBOOK_PHOTOS (use only the first N
+KIT_NOTEBOOK_MINUTES (training budget, default 2), KIT_NOTEBOOK_PHOTOS (use only the first N
 sample photos; default all 60), KIT_NOTEBOOK_WORK (where results go, default notebooks/work).
 """
 from pathlib import Path
@@ -26,7 +26,7 @@ except ImportError:                        # or run from notebooks/ in a checkou
     import hackathon
 KIT = Path(hackathon.__file__).resolve().parent.parent
 WORK = Path(os.environ.get("KIT_NOTEBOOK_WORK", KIT / "notebooks" / "work")).resolve()
-MINUTES = float(os.environ.get("KIT_NOTEBOOK_MINUTES", "1.5"))   # training budget
+MINUTES = float(os.environ.get("KIT_NOTEBOOK_MINUTES", "2"))   # training budget
 PHOTOS = int(os.environ.get("KIT_NOTEBOOK_PHOTOS", "0")) or None  # None: all 60 sample photos
 print("results go to", WORK)'''
 
@@ -84,7 +84,7 @@ if (WORK / ".hack").exists():
 sample = sorted(SAMPLE.joinpath(SCENE).glob("*.jpg"))[:PHOTOS]
 sources = sample                  # each photo brings its labelme JSON along
 ws = init_workspace(WORK, classes)
-summary = import_photos(ws, sources, scene=SCENE)
+summary = import_photos(ws, sources, scene=SCENE, progress=False)
 print(classes)
 print(summary.line())""",
     """md:## Check
@@ -104,8 +104,8 @@ for problem in report.problems[:5]:
 
 item = report.items[0]
 lm = read_labelme(item.json_path)
-print(item.key, item.width, "x", item.height)
-for cls, x1, y1, x2, y2 in item.boxes:
+print(item.key, item.width, "x", item.height, "-", len(item.boxes), "boxes, the first five:")
+for cls, x1, y1, x2, y2 in item.boxes[:5]:
     print(f"  {classes[cls]:<10} ({x1:.0f}, {y1:.0f}) - ({x2:.0f}, {y2:.0f})")""",
     """md:## Pack
 
@@ -120,7 +120,7 @@ for split in ("train", "val"):
     s = manifest["splits"][split]
     print(f"{split:<5} {s['images']:>3} photos, {s['boxes']:>4} boxes: {s['per_class']}")
 print(manifest["warnings"])""",
-    """md:**Look at the counts.** Penguins and fish have hundreds of boxes, stingrays a handful: a
+    """md:**Look at the counts.** Fish have hundreds of boxes, starfish and stingrays a few dozen: a
 detector learns the classes it sees often. A class with no box in `val` cannot be measured at
 all (the warning above says so when it happens); at the event, photograph the rare classes more.
 
@@ -161,10 +161,11 @@ to debug. `hybridize()` traces the network once into a symbolic graph that MXNet
 (memory planned once with `static_alloc`, no Python between layers). Same weights, same numbers,
 less overhead. We time the same forward pass both ways.""",
     """import time
+import numpy as np
 import mxnet as mx
 from hackathon.models import build_ssd
 
-net = build_ssd(classes, data_shape=300, pretrained_base=False)   # random weights: timing only
+net = build_ssd(classes, data_shape=300)       # ImageNet backbone, new detection layers still random
 x = mx.nd.random.uniform(shape=(4, 3, 300, 300))
 
 def seconds_per_batch(net, repeat=3):
@@ -180,7 +181,7 @@ net.hybridize(static_alloc=True, static_shape=True)
 hybrid = seconds_per_batch(net)
 after = [o.asnumpy() for o in net(x)]
 print(f"imperative {imperative:.3f} s/batch, hybridized {hybrid:.3f} s/batch ({imperative / hybrid:.2f}x)")
-print("same detections:", all(abs(a - b).max() < 1e-3 for a, b in zip(before, after)))""",
+print("same scores both ways:", np.allclose(before[1], after[1], atol=1e-4))   # outputs: ids, scores, boxes""",
     """md:On a CPU the gain is modest (the convolutions dominate); on a GPU, where Python's overhead
 is a larger share, it is larger. `hack train` and `hack export` always hybridize; the export
 *is* the traced graph (`model-symbol.json`).
@@ -206,19 +207,20 @@ print("a batch of", batch.shape[0], "->", [(str(p.context), p.shape[0]) for p in
 
 `train(cfg)` is `hack train`. `max_minutes` is a time budget: at the end of the budget it finishes
 the step, validates, saves, and stops. It writes `results.csv`, `curves.png`, `best.params` and
-`config.yaml` into the run folder. Here: a budget of a minute or two, on two CPU contexts.""",
+`config.yaml` into the run folder. Here: a budget of a minute or two on one context (two
+contexts on one CPU would make each step twice the batch, so half as many steps in the same time).""",
     """import shutil
 from hackathon.train import train
 
 shutil.rmtree(WORK / "run", ignore_errors=True)
-cfg = TrainConfig(data=str(WORK / "data"), out=str(WORK / "run"), data_shape=300, cpus=2,
+cfg = TrainConfig(data=str(WORK / "data"), out=str(WORK / "run"), data_shape=300,
                   max_minutes=MINUTES, patience=0)
 summary = train(cfg, progress=False)
 print(summary)""",
     """from hackathon.rundir import RunDir
 
 for row in RunDir.open(WORK / "run").read_results():
-    print(f"epoch {row['epoch']:>2}: class loss {row['cls_loss']:.3f}, box loss {row['box_loss']:.3f}, "
+    print(f"epoch {int(row['epoch']):>2}: class loss {row['cls_loss']:.3f}, box loss {row['box_loss']:.3f}, "
           f"val mAP@0.5 {row['val_map50']:.4f}")
 display(Image(filename=str(WORK / "run" / "curves.png"), width=900))""",
     """md:**Reading the curves.** Both losses should fall; the class loss first (background is easy),
@@ -278,6 +280,14 @@ set has a few hundred photos.""",
 result = run_eval(folders["val"], WORK / "eval", export=WORK / "export", shift=folders["other"],
                   n_boot=200, progress=False)
 print(terminal_summary(result))""",
+    """md:**Read the intervals before the numbers.** After a minute or two of training both scores
+are small and their intervals overlap: the gap can even come out negative, which says "too few
+photos and too weak a detector to tell", not "the other camera is easier". The demo's 4-minute
+detector kept 71% of its score (VOC07 0.068 in-scene, 0.048 on the simulated scene), and even
+that gap's interval includes 0 with 12 photos a side. The organizers' few hundred test photos,
+and a detector trained all evening, make the gap measurable.
+
+The worst and best photos, truth in white, detections in colour:""",
     """display(Image(filename=str(WORK / "eval" / "examples.png"), width=900))""",
     """md:## How far is the other scene? `hack shift`
 
