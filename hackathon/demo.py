@@ -28,6 +28,7 @@ from labeling.workspace import init_workspace, read_classes
 SAMPLE = Path(__file__).resolve().parent.parent / "labeling" / "sample"
 SCENE = "aquarium-a"
 STEPS = 9
+DEMO_MARKER = ".hack/demo"  # only folders carrying it are deleted and rebuilt
 
 
 def run_demo(out, minutes=4.0, photos=None, echo=print, progress=True):
@@ -53,10 +54,7 @@ def run_demo(out, minutes=4.0, photos=None, echo=print, progress=True):
 
 def make_workspace(out, photos=None, echo=print):
     """1. A fresh workspace with the sample's classes, and the sample's photos imported into it."""
-    if out.exists():
-        if not (out / ".hack" / "workspace.json").exists():
-            raise KitError(f"{out} exists and is not a demo workspace. Fix: pass another --out, or remove it.")
-        shutil.rmtree(out)
+    clear_demo_folder(out)
     classes = read_classes(SAMPLE / "labels.txt")
     source = SAMPLE / SCENE
     if photos:  # a smaller copy of the sample (photo + its labelme file), for quick runs
@@ -67,11 +65,27 @@ def make_workspace(out, photos=None, echo=print):
             shutil.copy2(jpg, source / jpg.name)
             shutil.copy2(jpg.with_suffix(".json"), source / jpg.with_suffix(".json").name)
     ws = init_workspace(out, classes)
+    mark_demo_folder(out)
     summary = import_photos(ws, [source], scene=SCENE, max_side=1024)
     if photos:
         shutil.rmtree(source)
     echo(f"1/{STEPS} import: {summary.line()} -> {ws.photos_dir} ({len(classes)} classes)")
     return ws, classes
+
+
+def clear_demo_folder(out):
+    """Remove `out` when an earlier demo or notebook made it (it is rebuilt); refuse any other folder,
+    so a mistyped --out never deletes a team's workspace."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not (out / DEMO_MARKER).is_file():
+        raise KitError(f"{out} exists and was not made by `hack demo`. Fix: pass another --out, or remove it yourself.")
+    shutil.rmtree(out)
+
+
+def mark_demo_folder(out):
+    (Path(out) / DEMO_MARKER).write_text("made by hack demo (or a notebook): rebuilt, so deleted, on the next run\n")
 
 
 def check_step(ws, classes, echo=print):

@@ -73,17 +73,15 @@ sample (60 aquarium photos, already labeled) with the same functions as the `hac
 (a phone stores most photos sideways plus a note; MXNet ignores the note, labelme does not),
 downscaled to 1024 px, saved without metadata (no GPS), duplicates skipped. A photo that arrives
 with its labelme JSON keeps its labels.""",
-    """import shutil
-from labeling.workspace import init_workspace, read_classes
+    """from labeling.workspace import init_workspace, read_classes
 from labeling.importing import import_photos
-from hackathon.demo import SAMPLE, SCENE
+from hackathon.demo import SAMPLE, SCENE, clear_demo_folder, mark_demo_folder
 
 classes = read_classes(SAMPLE / "labels.txt")
-if (WORK / ".hack").exists():
-    shutil.rmtree(WORK)          # this notebook starts from scratch
-sample = sorted(SAMPLE.joinpath(SCENE).glob("*.jpg"))[:PHOTOS]
-sources = sample                  # each photo brings its labelme JSON along
+clear_demo_folder(WORK)          # this notebook starts from scratch (only in a folder it made)
+sources = sorted(SAMPLE.joinpath(SCENE).glob("*.jpg"))[:PHOTOS]   # each brings its labelme JSON along
 ws = init_workspace(WORK, classes)
+mark_demo_folder(WORK)
 summary = import_photos(ws, sources, scene=SCENE, progress=False)
 print(classes)
 print(summary.line())""",

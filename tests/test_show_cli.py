@@ -123,3 +123,13 @@ def test_other_camera_moves_the_boxes_with_the_crop(tmp_path):
     dx, dy = 400 - item.width, 300 - item.height
     _, x1, y1, x2, y2 = item.boxes[0]
     assert 0 < 100 - x1 <= dx and 0 < 80 - y1 <= dy and x2 - x1 == pytest.approx(100, abs=1)
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path):
+    from labeling.workspace import init_workspace
+
+    init_workspace(tmp_path / "team", ["fish"])
+    (tmp_path / "team" / "photos" / "keep.jpg").write_bytes(b"a team's photo")
+    r = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "team"), "--minutes", "0.05"])
+    assert r.exit_code == 1 and "not made by `hack demo`" in r.output
+    assert (tmp_path / "team" / "photos" / "keep.jpg").read_bytes() == b"a team's photo"
