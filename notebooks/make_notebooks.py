@@ -43,6 +43,17 @@ def packed(work=WORK):
     return json.loads((work / "data" / "manifest.json").read_text())'''
 
 
+# Notebooks 3 and 4: the simulated scene and a trained run, made here when notebook 2 has not run.
+SCENES_AND_RUN = """manifest = packed()
+classes = manifest["classes"]
+scenes = WORK / "scenes"
+if not (scenes / "other-camera").is_dir():
+    from labeling.workspace import find_workspace
+    demo.make_scenes(find_workspace(WORK), manifest, WORK, classes)
+if not (WORK / "run" / "best.params").is_file():        # notebook 2's run, or a short one now
+    demo.train_step(WORK / "data", WORK, MINUTES, progress=False)"""
+
+
 def nb(cells):
     book = new_notebook(cells=[new_markdown_cell(c[3:]) if c.startswith("md:") else new_code_cell(c) for c in cells])
     for i, cell in enumerate(book.cells):  # stable ids: regenerating changes only what was edited
@@ -245,15 +256,8 @@ another camera would see them (a blue-green cast, darker, blurred, cropped diffe
 stand-in for the real thing, which usually costs more.""",
     SETUP,
     PREPARE,
-    """manifest = packed()
-classes = manifest["classes"]
-scenes = WORK / "scenes"
-if not (scenes / "other-camera").is_dir():
-    from labeling.workspace import find_workspace
-    demo.make_scenes(find_workspace(WORK), manifest, WORK, classes)
+    SCENES_AND_RUN + """
 folders = {"train": scenes / "train-photos", "val": scenes / "val", "other": scenes / "other-camera"}
-if not (WORK / "run" / "best.params").is_file():        # notebook 2's run, or a short one now
-    demo.train_step(WORK / "data", WORK, MINUTES, progress=False)
 if not (WORK / "export" / "model-symbol.json").is_file():
     demo.export_step(WORK / "run", WORK)
 print({k: len(list(v.glob("*.jpg"))) for k, v in folders.items()}, "photos")""",
@@ -324,14 +328,7 @@ notebook 3: the model trained in notebook 2, a baseline that draws one box in th
 photo, and a team whose file is broken.""",
     SETUP,
     PREPARE,
-    """manifest = packed()
-classes = manifest["classes"]
-scenes = WORK / "scenes"
-if not (scenes / "other-camera").is_dir():
-    from labeling.workspace import find_workspace
-    demo.make_scenes(find_workspace(WORK), manifest, WORK, classes)
-if not (WORK / "run" / "best.params").is_file():
-    demo.train_step(WORK / "data", WORK, MINUTES, progress=False)
+    SCENES_AND_RUN + """
 if not (WORK / "export" / "model-symbol.json").is_file():
     demo.export_step(WORK / "run", WORK)""",
     """import json, shutil
