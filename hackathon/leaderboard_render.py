@@ -102,7 +102,7 @@ def esc(value):
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right;white-space:nowrap}td.t,th.t{text-align:left}
 tr.invalid td{color:#999}.tie{color:#b60;font-weight:bold}.msg{max-width:40em;text-align:left;white-space:pre-line;font-size:.85em}
-td.t{white-space:normal;max-width:20em;overflow-wrap:anywhere}"""
+td.t{white-space:normal;min-width:6em;max-width:20em;overflow-wrap:break-word}"""
 
 
 def to_html(board):
