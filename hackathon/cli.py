@@ -39,6 +39,15 @@ def cli(ctx, project, verbose):
       hack check                               every problem, with its fix
       hack pack photos --out data              train/val RecordIO
       hack show data/train.rec --out grid.png  look at what training will see
+      hack train data --out run --max-minutes 45   fine-tune the SSD (curves.png per epoch)
+      hack export run --out export             the model the judges score
+      hack shift photos TEST --out shift       how far the test scene is (what to shoot more of)
+      hack eval export --data data/val.rec --shift TEST --out report
+
+    \b
+    The judges:
+      hack score --truth TEST --submissions inbox --out board
+      hack leaderboard serve --db board/leaderboard.db
 
     `hack doctor` says what is installed and what is wrong. `hack COMMAND --help` for each.
     """
