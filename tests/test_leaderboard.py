@@ -261,12 +261,14 @@ def test_page_in_chromium_escapes_and_updates_live(server, tmp_path):
         wait = WebDriverWait(driver, 15)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board tbody tr")) == 3)
 
-        def teams():
-            return [td.text for td in driver.find_elements(By.CSS_SELECTOR, "#board tbody td.team")]
+        def teams():  # read in one script: the page rebuilds its rows on each poll (stale elements)
+            return driver.execute_script(
+                "return [...document.querySelectorAll('#board tbody td.team')].map(td => td.innerText)")
 
         assert teams() == [XSS, "plain team", "late"]
         assert driver.find_elements(By.TAG_NAME, "img") == [] and driver.find_elements(By.TAG_NAME, "b") == []
-        assert "<b>no predictions</b>" in driver.find_element(By.CSS_SELECTOR, "#board tbody tr.invalid").text
+        assert "<b>no predictions</b>" in driver.execute_script(
+            "return document.querySelector('#board tbody tr.invalid').innerText")
         with pytest.raises(NoAlertPresentException):
             driver.switch_to.alert.text
         # A score lands after the page loaded: a new run with one more team, on top.
@@ -278,7 +280,7 @@ def test_page_in_chromium_escapes_and_updates_live(server, tmp_path):
         assert teams() == ["newcomer", XSS, "plain team"]
         assert driver.find_elements(By.TAG_NAME, "img") == []
         assert driver.execute_script("return performance.getEntriesByType('navigation').length") == 1  # no reload
-        assert "3 teams scored" in driver.find_element(By.ID, "status").text
+        assert "3 teams scored" in driver.execute_script("return document.getElementById('status').innerText")
     finally:
         driver.quit()
 
