@@ -112,3 +112,14 @@ def headless_chromium(tmp_path, *extra_args):
                 f"--user-data-dir={tmp_path / 'chrome-profile'}", *extra_args):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+def installed_checkpoint():
+    """torchvision's MobileNetV2 checkpoint from the weights package; skips the test where it is not installed."""
+    from hackathon.weights import find_checkpoint
+    from labeling.errors import KitError
+
+    try:
+        return find_checkpoint()
+    except KitError as e:
+        pytest.skip(f"needs the pretrained weights package: {e}")

@@ -3,14 +3,13 @@ skipped and counted; any file name; a bad file named while the good ones still c
 carried along. Also the workspace's class list, which `hack init` reads."""
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import heic_can_encode, mean_abs_diff, picture
+from conftest import heic_can_encode, mean_abs_diff
 from hackathon.cli import cli
 from labeling.errors import KitError
 from labeling.importing import import_photos, safe_stem

@@ -4,10 +4,12 @@ weights, and whose checkpoints load into a net built later in the same process."
 import mxnet as mx
 import numpy as np
 import pytest
+
+from conftest import installed_checkpoint
 from mxnet import autograd
 
 from hackathon.models import build_ssd
-from hackathon.weights import KitError, find_checkpoint, mobilenetv2_params
+from hackathon.weights import KitError, mobilenetv2_params
 
 CLASSES = ["fish", "shark", "jellyfish"]
 # Anchors per input: feature maps 32,16,8,4,2,1 (512) and 19,10,5,3,2,1 (300), 4 or 6 anchors a cell.
@@ -18,10 +20,7 @@ N_ANCHORS = {512: FIRST_MAP[512] + 16 * 16 * 6 + 8 * 8 * 6 + 4 * 4 * 6 + 2 * 2 *
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    try:
-        find_checkpoint()
-    except KitError as e:
-        pytest.skip(str(e))
+    installed_checkpoint()
     return mobilenetv2_params(cache_dir=tmp_path_factory.mktemp("mxnet-models")).parent
 
 

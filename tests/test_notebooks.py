@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import installed_checkpoint
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -19,13 +21,7 @@ NAMES = ["01-photos-and-labels.ipynb", "02-fine-tuning-an-ssd.ipynb", "03-covari
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    from hackathon.weights import find_checkpoint
-    from labeling.errors import KitError
-
-    try:
-        find_checkpoint()
-    except KitError as e:
-        pytest.skip(f"the notebooks train from the pretrained backbone: {e}")
+    installed_checkpoint()  # the notebooks train from the pretrained backbone
     return tmp_path_factory.mktemp("notebooks")
 
 

@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+
+from conftest import installed_checkpoint
 from click.testing import CliRunner
 from PIL import Image
 
@@ -133,12 +135,9 @@ BLUE, RED = (40, 90, 220), (220, 60, 40)
 @pytest.fixture(scope="module")
 def mxnet_home(tmp_path_factory):
     """An $MXNET_HOME holding the converted backbone (the test skips without the weights package)."""
-    from hackathon.weights import find_checkpoint, mobilenetv2_params
+    from hackathon.weights import mobilenetv2_params
 
-    try:
-        find_checkpoint()
-    except KitError as e:
-        pytest.skip(str(e))
+    installed_checkpoint()
     home = tmp_path_factory.mktemp("mxnet-home")
     mobilenetv2_params(cache_dir=home / "models")
     return home

@@ -14,12 +14,13 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 import pytest
+
+from conftest import installed_checkpoint
 import yaml
 from click.testing import CliRunner
 from PIL import Image
 
 from hackathon.cli import cli
-from hackathon.weights import KitError, find_checkpoint
 from labeling.pack import pack_dataset
 
 CLASSES = ["red", "blue"]
@@ -59,10 +60,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def have_weights():
-    try:
-        find_checkpoint()
-    except KitError as e:
-        pytest.skip(str(e))
+    installed_checkpoint()
 
 
 def train_args(data, out, *extra):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import installed_checkpoint
 from PIL import Image
 
 from hackathon import weights
@@ -183,10 +185,7 @@ def test_cache_dir_follows_mxnet_home(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def checkpoint():
-    try:
-        return find_checkpoint()
-    except KitError as e:
-        pytest.skip(str(e))
+    return installed_checkpoint()
 
 
 @pytest.fixture(scope="module")
