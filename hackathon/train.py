@@ -196,10 +196,10 @@ def resolve(cfg, resume_run=None, overrides=None):
         setattr(base, k, v)
     base.data = cfg.data
     base.out = str(run.path)
-    data_classes = DataDir(base.data).classes
-    if list(saved["classes"]) != list(data_classes):
+    data = DataDir(base.data)
+    if list(saved["classes"]) != list(data.classes):
         raise KitError(f"{display(run.config)}: the run was trained on classes {saved['classes']}, but "
-                       f"{display(DataDir(base.data).path / 'classes.txt')} lists {data_classes}. Fix: resume with "
+                       f"{display(data.path / 'classes.txt')} lists {data.classes}. Fix: resume with "
                        "the data it was trained on, or start a new run with --out.")
     return base, run, run.read_state()
 
@@ -321,7 +321,8 @@ def _average_running_stats(net, kv, num_workers):
     the machines end with different weights."""
     import mxnet as mx
 
-    stats = [p for name, p in sorted(net.collect_params().items()) if name.endswith(("running_mean", "running_var", "moving_mean", "moving_var"))]
+    names = ("running_mean", "running_var", "moving_mean", "moving_var")  # MobileNetV2's, GluonCV's extras'
+    stats = [p for name, p in sorted(net.collect_params().items()) if name.endswith(names)]
     keys = [_STATS_KEY + i for i in range(len(stats))]
     local = [sum(d.as_in_context(mx.cpu()) for d in p.list_data()) / len(p.list_data()) for p in stats]
     if not getattr(kv, "_kit_stats_ready", False):
