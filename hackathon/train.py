@@ -62,6 +62,22 @@ class TrainConfig:
     color: bool = True             # colour/light augmentation against a scene change
 
 
+def check_config(cfg):
+    """One KitError for a setting that cannot train: the flag, the value, and what it takes."""
+    rules = [("--epochs", cfg.epochs, cfg.epochs >= 1, "1 or more"),
+             ("--batch-size", cfg.batch_size, cfg.batch_size >= 1, "1 or more images per device"),
+             ("--lr", cfg.lr, 0 < cfg.lr < 10, "a positive rate such as 0.001"),
+             ("--cpus", cfg.cpus, cfg.cpus >= 0, "0 (one context) or a count of CPU contexts"),
+             ("--workers", cfg.workers, cfg.workers >= 0, "0 (in the training process) or more processes"),
+             ("--patience", cfg.patience, cfg.patience >= 0, "0 (never stop early) or more epochs"),
+             ("--max-minutes", cfg.max_minutes, cfg.max_minutes >= 0, "0 (no budget) or more minutes"),
+             ("--freeze-blocks", cfg.freeze_blocks, 0 <= cfg.freeze_blocks <= 17, "0 to 17 (MobileNetV2 has 17 blocks)"),
+             ("--optimizer", cfg.optimizer, cfg.optimizer in ("adam", "sgd"), "adam or sgd")]
+    for flag, value, ok, takes in rules:
+        if not ok:
+            raise KitError(f"{flag} {value}: takes {takes}.")
+
+
 def contexts(cfg):
     """The devices to train on, or a KitError that says what is missing and how to fix it."""
     import mxnet as mx
@@ -211,6 +227,7 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True):
     from gluoncv.loss import SSDMultiBoxLoss
 
     cfg, run, state = resolve(cfg, resume_run, overrides)
+    check_config(cfg)
     kv, rank, num_workers = _kvstore(cfg)
     data = DataDir(cfg.data)
     classes = data.classes

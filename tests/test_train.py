@@ -168,6 +168,9 @@ def test_nan_loss_stops_with_the_batch_and_keeps_the_last_good_checkpoint(data, 
     (["--amp"], "--amp needs GPUs"),
     (["--model", "ssd_512_mobilenet1.0_custom"], "not in .*GluonCV's download hosts are gone"),
     (["--model", "yolo3"], "--model yolo3: unknown"),
+    (["--batch-size", "0"], "--batch-size 0: takes 1 or more"),
+    (["--lr", "-1"], "--lr -1.0: takes a positive rate"),
+    (["--freeze-blocks", "40"], "--freeze-blocks 40: takes 0 to 17"),
 ])
 def test_impossible_requests_are_one_clear_line(data, tmp_path, monkeypatch, extra, message):
     monkeypatch.setenv("MXNET_HOME", str(tmp_path / "mxnet-home"))
