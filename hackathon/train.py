@@ -66,7 +66,7 @@ def check_config(cfg):
     """One KitError for a setting that cannot train: the flag, the value, and what it takes."""
     rules = [("--epochs", cfg.epochs, cfg.epochs >= 1, "1 or more"),
              ("--batch-size", cfg.batch_size, cfg.batch_size >= 1, "1 or more images per device"),
-             ("--lr", cfg.lr, 0 < cfg.lr < 10, "a positive rate such as 0.001"),
+             ("--lr", cfg.lr, cfg.lr > 0, "a positive rate such as 0.001"),  # too high: the NaN stop says so
              ("--cpus", cfg.cpus, cfg.cpus >= 0, "0 (one context) or a count of CPU contexts"),
              ("--workers", cfg.workers, cfg.workers >= 0, "0 (in the training process) or more processes"),
              ("--patience", cfg.patience, cfg.patience >= 0, "0 (never stop early) or more epochs"),
