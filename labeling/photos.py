@@ -134,6 +134,35 @@ def open_upright(source, max_side=None, name=None):
     JPEGs are shrunk while decoding (libjpeg's DCT scaling, see DRAFT_SLACK), which makes 12 MP
     phone photos several times cheaper to read than a full decode followed by a resize.
     """
+    a, _ = _upright_bgr(source, max_side, name)
+    return Image.fromarray(np.ascontiguousarray(a[..., ::-1]))
+
+
+def upright_jpeg(source, max_side=None, quality=95, name=None):
+    """(JPEG bytes, width, height): the photo as `hack pack` stores it, upright, shrunk so its long
+    side is at most `max_side`, 4:2:0, with no metadata at all (no EXIF, no GPS, no thumbnail).
+
+    An upright RGB JPEG file that needs no resizing is returned as its own bytes (no second lossy
+    encoding); it is still decoded, so a truncated photo fails here and not in training. A phone's
+    JPEG goes from decoder to encoder without leaving OpenCV's arrays (see _decode_sequential_jpeg).
+    """
+    import cv2
+
+    a, untouched = _upright_bgr(source, max_side, name)
+    h, w = a.shape[:2]
+    if untouched and isinstance(source, (str, Path)):
+        return Path(source).read_bytes(), w, h
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(a), [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420])
+    if not ok:  # pragma: no cover - libjpeg encodes any 8-bit 3-channel array
+        raise KitError(f"{name or display(source)}: the JPEG encoder failed. Fix: report this with the photo.")
+    return buf.tobytes(), w, h
+
+
+def _upright_bgr(source, max_side=None, name=None):
+    """(pixels, untouched): the upright photo shrunk so its long side is at most `max_side`, as an
+    (h, w, 3) uint8 array in OpenCV's BGR order; untouched when the file is an upright RGB JPEG
+    already at that size."""
     name = name or display(source)
     im = _open(source, name)
     try:
@@ -141,17 +170,19 @@ def open_upright(source, max_side=None, name=None):
         orient = orientation(im)
         w, h = im.size
         tw, th = target_size(w, h, max_side)
-        if (tw, th) != (w, h) and im.format in ("JPEG", "MPO"):  # MPO: a JPEG with extra frames
-            im.draft("RGB", _draft_size(w, h, tw, th))
-        _load_strict(im)
-        if orient != 1:
-            im = ImageOps.exif_transpose(im)
-        im = to_rgb(im)
-        if max_side:
-            size = target_size(*_upright(w, h, orient), max_side)
-            if im.size != size:
-                im = _resize(im, size)
-        return im
+        size = target_size(*_upright(w, h, orient), max_side)
+        untouched = im.format == "JPEG" and im.mode == "RGB" and orient == 1 and (tw, th) == (w, h)
+        a = _decode_sequential_jpeg(source, im, orient, tw, th)
+        if a is None:  # PIL decodes everything else: PNG, HEIC, grey, CMYK, progressive, broken files
+            if (tw, th) != (w, h) and im.format in ("JPEG", "MPO"):  # MPO: a JPEG with extra frames
+                im.draft("RGB", _draft_size(w, h, tw, th))
+            _load_strict(im)
+            rgb = to_rgb(ImageOps.exif_transpose(im) if orient != 1 else im)
+            a = np.asarray(rgb)[..., ::-1]
+        im.close()
+        if (a.shape[1], a.shape[0]) != size:
+            a = _resize(a, size)
+        return a, untouched
     except KitError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
@@ -159,23 +190,112 @@ def open_upright(source, max_side=None, name=None):
                        "phone, or remove it.") from None
 
 
-def _draft_size(w, h, tw, th):
-    """The size to ask PIL's JPEG draft for so that it takes the largest DCT reduction (1/8, 1/4,
-    1/2) keeping at least DRAFT_SLACK of the target (tw, th): PIL reduces by min(w // dw, h // dh)."""
+def _decode_sequential_jpeg(source, im, orient, tw, th):
+    """The upright BGR pixels (an array) of a whole, sequential (baseline) colour JPEG, decoded by
+    OpenCV's libjpeg-turbo and shrunk by 1/2, 1/4 or 1/8 while decoding as PIL's draft would be;
+    None for any other file, which PIL decodes. Phones write such JPEGs. Kept in OpenCV's arrays
+    from decoder to encoder, a 12 MP photo costs `hack pack` ~2 ms (~8%) less than through PIL's
+    images (bench/RESULTS.md, "pack vs im2rec").
+
+    libjpeg takes a cut-off file as a warning and pads it with grey, so a file is decoded here only
+    when its scan is followed by the end-of-image marker; any other goes to PIL, whose decoder
+    raises on a cut-off file."""
+    if im.format not in ("JPEG", "MPO") or im.mode != "RGB":  # grey, CMYK: PIL converts them
+        return None
+    data = source if isinstance(source, (bytes, bytearray)) else _read_bytes(source)
+    if data is None or not _is_whole_sequential_jpeg(data):
+        return None
+    import cv2  # here: `import cv2` is not free, and only decoding, resizing and encoding need it
+
+    w, h = im.size
+    scale = _draft_scale(w, h, tw, th) if (tw, th) != (w, h) else 1
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}[scale] | cv2.IMREAD_IGNORE_ORIENTATION
+    a = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if a is None or a.shape != (-(-h // scale), -(-w // scale), 3):  # libjpeg gave up: PIL says why
+        return None
+    return _ORIENT[orient](a)
+
+
+# What PIL's ImageOps.exif_transpose does for each EXIF orientation, on an (h, w, 3) array.
+_ORIENT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored
+    3: lambda a: a[::-1, ::-1],  # upside down
+    4: lambda a: a[::-1],  # upside down and mirrored
+    5: lambda a: a.transpose(1, 0, 2),  # PIL's TRANSPOSE
+    6: lambda a: a.transpose(1, 0, 2)[:, ::-1],  # stored turned: view it turned 90 degrees clockwise
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],  # PIL's TRANSVERSE
+    8: lambda a: a.transpose(1, 0, 2)[::-1],  # view it turned 90 degrees counter-clockwise
+}
+
+# Start-of-frame markers of sequential Huffman JPEGs (baseline, extended); the others (progressive,
+# lossless, arithmetic-coded) are left to PIL.
+_SEQUENTIAL_SOF = {0xC0, 0xC1}
+_OTHER_SOF = {0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _is_whole_sequential_jpeg(data) -> bool:
+    """True when `data` is a sequential JPEG whose first scan is followed by an end-of-image marker.
+
+    Inside a scan's entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker,
+    so the first FF D9 after the scan header ends the scan: a file cut anywhere before it has none.
+    (Data after it, such as an MPO's second frame, is not needed for the picture.)
+    """
+    if data[:2] != b"\xff\xd8":
+        return False
+    i, n, sequential = 2, len(data), False
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # a fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker in _OTHER_SOF:
+            return False
+        sequential = sequential or marker in _SEQUENTIAL_SOF
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan
+            return sequential and data.rfind(b"\xff\xd9", i + 2 + length) != -1  # from the end: fast
+        i += 2 + length
+    return False
+
+
+def _read_bytes(path):
+    try:
+        return Path(path).read_bytes()
+    except OSError:  # PIL opened it a moment ago; PIL's path then reports whatever this is
+        return None
+
+
+def _draft_scale(w, h, tw, th):
+    """The largest DCT reduction (8, 4 or 2, else 1) of a w x h JPEG that keeps at least
+    DRAFT_SLACK of the target size (tw, th)."""
     for s in (8, 4, 2):
         if w // s >= tw * DRAFT_SLACK and h // s >= th * DRAFT_SLACK:
-            return w // s, h // s
-    return w, h
+            return s
+    return 1
 
 
-def _resize(im, size):
-    """Shrink with PIL (antialiased); enlarge the last few percent after a DCT reduction that stopped
-    short with OpenCV's bicubic, about 8x faster than PIL's on a 1 MP image."""
-    if im.width >= size[0] and im.height >= size[1]:
-        return im.resize(size, Image.BILINEAR, reducing_gap=2.0)
-    import cv2  # here: only a resize needs it, and `import cv2` is not free
+def _draft_size(w, h, tw, th):
+    """The size to ask PIL's JPEG draft for so that it takes that reduction: PIL reduces by
+    min(w // dw, h // dh)."""
+    s = _draft_scale(w, h, tw, th)
+    return w // s, h // s
 
-    return Image.fromarray(cv2.resize(np.asarray(im), size, interpolation=cv2.INTER_CUBIC))
+
+def _resize(a, size):
+    """An (h, w, 3) array resized to `size` (w, h) with OpenCV: shrunk by pixel-area averaging
+    (antialiased), or enlarged bicubically by the last few percent after a DCT reduction that
+    stopped short (DRAFT_SLACK)."""
+    import cv2
+
+    shrink = a.shape[1] >= size[0] and a.shape[0] >= size[1]
+    return cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
 @contextlib.contextmanager
