@@ -199,7 +199,7 @@ def print_report(report, quiet=False):
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the train/val split.")
 @click.option("--val-scene", help="Hold out every photo of this scene instead (a shift-aware validation).")
 @click.option("--max-side", type=int, help="Downscale so the long side is at most this (default: keep).")
-@click.option("--workers", type=int, help="Decoding processes (default: one per core).")
+@click.option("--workers", type=int, help="Decoding threads (default: one per core).")
 @classes_option
 @labels_option
 @click.pass_context

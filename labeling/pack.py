@@ -15,11 +15,13 @@ Example::
     >>> from gluoncv.data import RecordFileDetection
     >>> img, label = RecordFileDetection("data/train.rec")[0]   # label: [[xmin, ymin, xmax, ymax, cls]]
 """
+import contextlib
 import ctypes
 import hashlib
-import multiprocessing as mp
+import itertools
 import os
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from tqdm import tqdm
 from labeling.check import check_labels
 from labeling.errors import KitError
 from labeling.fileutil import atomic_path, display, write_json_atomic, write_text_atomic
-from labeling.photos import encode_jpeg, open_upright, orientation, _open
+from labeling.photos import upright_jpeg
 from labeling.recordio import IndexedRecordWriter, pack_record
 
 FORMAT = ("im2rec detection layout: label = [4, 5, width, height] + [class, xmin, ymin, xmax, ymax] "
@@ -67,34 +69,75 @@ def record_label(item, out_w, out_h) -> np.ndarray:
 
 
 def encode_item(args):
-    """Worker: (source, max_side, quality, name) -> (jpeg bytes, width, height).
-
-    An upright RGB JPEG that needs no resizing is stored as it is (no second lossy encoding);
-    it is still decoded once, so a truncated photo fails here and not in training.
-    """
+    """(source, max_side, quality, name) -> (jpeg bytes, width, height), see upright_jpeg."""
     source, max_side, quality, name = args
-    im = open_upright(source, max_side, name=name)
-    if isinstance(source, (str, Path)):
-        with _open(source, name) as raw:
-            untouched = raw.format == "JPEG" and raw.mode == "RGB" and orientation(raw) == 1 and raw.size == im.size
-        if untouched:
-            return Path(source).read_bytes(), im.width, im.height
-    return encode_jpeg(im, quality), im.width, im.height
+    return upright_jpeg(source, max_side, quality, name=name)
 
 
-def _keep_freed_memory():
-    """Pool initializer: a decoding worker keeps the memory it frees for the next photo. By default
-    glibc hands every freed block over 128 KB back to the kernel, so each photo faults ~9 MB of
-    fresh pages in again: 25-30% of the worker's CPU (bench/RESULTS.md). Not glibc: nothing to do."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
+def ordered_map(fn, jobs, executor, window):
+    """fn(job) for each job, in order, at most `window` running or waiting ahead of the consumer (so
+    a slow disk never piles every encoded photo up in memory). On an error, or when the consumer
+    stops, the jobs not yet started are dropped."""
+    if executor is None:
+        yield from map(fn, jobs)
         return
-    mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD: blocks up to 64 MB come from the heap...
-    mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: ...which is not shrunk until 256 MB of it are free
+    jobs = iter(jobs)
+    ahead = deque(executor.submit(fn, job) for job in itertools.islice(jobs, window))
+    try:
+        while ahead:
+            result = ahead.popleft().result()
+            for job in itertools.islice(jobs, 1):
+                ahead.append(executor.submit(fn, job))
+            yield result
+    finally:
+        for future in ahead:
+            future.cancel()
 
 
-def _write_split(name, items, out, max_side, quality, pool, progress, classes):
+@contextlib.contextmanager
+def decoding_threads(workers):
+    """A pool of `workers` threads for encode_item (None for one), with the process tuned for them
+    while it lasts. Threads, not processes: OpenCV and libjpeg release the GIL, and the JPEG bytes
+    then need no pickling through a pipe (about 5% less time than a process pool, bench/RESULTS.md).
+
+    - OpenCV resizes on the calling thread alone: the other threads have the other cores.
+    - glibc keeps the memory it frees for the next photo. By default it hands every freed block over
+      128 KB back to the kernel, so each photo faults ~9 MB of fresh pages in again, ~8% of the time.
+    Both are put back afterwards (the memory kept is returned), since a notebook's kernel runs on."""
+    if workers <= 1:
+        yield None
+        return
+    import cv2
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    libc = _glibc()
+    if libc:
+        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)  # blocks up to 64 MB come from the heap...
+        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)  # ...which is not shrunk until 256 MB of it are free
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="hack-pack") as executor:
+            yield executor
+    finally:
+        cv2.setNumThreads(threads)
+        if libc:
+            libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)  # glibc's starting values (which it would have
+            libc.mallopt(M_TRIM_THRESHOLD, 128 << 10)  # moved up by itself; they stay put now)
+            libc.malloc_trim(0)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+def _write_split(name, items, out, max_side, quality, executor, workers, progress, classes):
     jobs = [(it.image_source, max_side, quality, display(it.json_path)) for it in items]
     records = []
     with atomic_path(out / f"{name}.rec") as rec_tmp, atomic_path(out / f"{name}.idx") as idx_tmp, \
@@ -102,7 +145,7 @@ def _write_split(name, items, out, max_side, quality, pool, progress, classes):
         # surrogateescape: a file name that is not UTF-8 is written with its own bytes, as im2rec reads it
         with IndexedRecordWriter(rec_tmp, idx_tmp) as writer, \
                 open(lst_tmp, "w", encoding="utf-8", errors="surrogateescape") as lst:
-            results = pool.imap(encode_item, jobs, chunksize=2) if pool else map(encode_item, jobs)
+            results = ordered_map(encode_item, jobs, executor, window=4 * workers)
             bar = tqdm(results, total=len(jobs), desc=f"pack {name}", unit="img", disable=not progress)
             for i, (it, (jpeg, w, h)) in enumerate(zip(items, bar)):
                 label = record_label(it, w, h)
@@ -145,21 +188,19 @@ def pack_dataset(roots, out, classes, val_fraction=0.2, seed=0, val_scene=None, 
     if not report.items:
         raise KitError("no labeled photos with boxes under " + ", ".join(display(r) for r in roots)
                        + ". Fix: label some photos with `hack label` first.")
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+    if workers < 1:
+        raise KitError(f"--workers {workers}: give 1 or more (default: one per core).")
     if max_side is not None and max_side < 64:
         raise KitError(f"--max-side {max_side} is too small for detection. Fix: use 512 or more.")
     train, val = split_items(report.items, val_fraction, seed, val_scene)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.partial"):  # left by a pack that was killed
         stale.unlink()
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
-    ctx = mp.get_context("fork")
-    pool = ctx.Pool(workers, initializer=_keep_freed_memory) if workers > 1 and len(report.items) > 1 else None
-    try:
-        records = {name: _write_split(name, items, out, max_side, quality, pool, progress, classes)
+    workers = min(workers, len(report.items))
+    with decoding_threads(workers) as executor:
+        records = {name: _write_split(name, items, out, max_side, quality, executor, workers, progress, classes)
                    for name, items in (("train", train), ("val", val))}
-    finally:
-        if pool:
-            pool.terminate()
     write_text_atomic(out / "classes.txt", "".join(c + "\n" for c in classes))
     files = ["train.rec", "train.idx", "train.lst", "val.rec", "val.idx", "val.lst", "classes.txt"]
     manifest = {

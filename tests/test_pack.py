@@ -101,6 +101,39 @@ def test_same_inputs_same_bytes(tmp_path):
         assert sha(tmp_path / "a" / n) == sha(tmp_path / "b" / n), n
 
 
+def test_one_thread_or_several_same_bytes_and_the_process_is_put_back(tmp_path):
+    import cv2
+
+    labeled_set(tmp_path / "labels", n=9, size=(1600, 1200))
+    threads = cv2.getNumThreads()
+    for out, workers in (("one", 1), ("three", 3)):
+        pack_dataset([tmp_path / "labels"], tmp_path / out, CLASSES, max_side=400, workers=workers, progress=False)
+    for n in os.listdir(tmp_path / "one"):
+        assert sha(tmp_path / "one" / n) == sha(tmp_path / "three" / n), n
+    assert cv2.getNumThreads() == threads  # a notebook's OpenCV keeps its threads after a pack
+
+
+def test_a_cut_photo_stops_the_pack_naming_it_and_writes_nothing(tmp_path):
+    """`hack check` reads headers only; the pixels of a half-copied photo fail in the decoding threads."""
+    labeled_set(tmp_path / "labels", n=8, size=(1600, 1200))
+    cut = tmp_path / "labels" / "img_05.jpg"
+    data = cut.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    r = CliRunner().invoke(cli, ["pack", str(tmp_path / "labels"), "--out", str(tmp_path / "data"),
+                                 "--classes", "fish,shark", "--max-side", "400", "--workers", "2"])
+    assert r.exit_code == 1, r.output
+    assert "img_05" in r.output and "corrupt or truncated" in r.output and "Fix:" in r.output
+    assert not [n for n in os.listdir(tmp_path / "data") if not n.startswith(".")]
+    assert cut.read_bytes() == data[: len(data) * 2 // 3]  # the user's file is left as it was
+
+
+def test_workers_below_one_is_one_clear_error(tmp_path):
+    labeled_set(tmp_path / "labels", n=2)
+    r = CliRunner().invoke(cli, ["pack", str(tmp_path / "labels"), "--out", str(tmp_path / "data"),
+                                 "--classes", "fish,shark", "--workers", "0"])
+    assert r.exit_code == 1 and "--workers 0: give 1 or more" in r.output
+
+
 def test_manifest_counts_sources_and_checksums(tmp_path):
     labeled_set(tmp_path / "labels", n=6)
     m = pack_dataset([tmp_path / "labels"], tmp_path / "data", CLASSES, val_fraction=0.5, progress=False)
