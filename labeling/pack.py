@@ -16,7 +16,6 @@ Example::
     >>> img, label = RecordFileDetection("data/train.rec")[0]   # label: [[xmin, ymin, xmax, ymax, cls]]
 """
 import contextlib
-import ctypes
 import hashlib
 import itertools
 import os
@@ -30,7 +29,7 @@ from tqdm import tqdm
 from labeling.check import check_labels
 from labeling.errors import KitError
 from labeling.fileutil import atomic_path, display, write_json_atomic, write_text_atomic
-from labeling.photos import upright_jpeg
+from labeling.photos import keeping_freed_memory, upright_jpeg
 from labeling.recordio import IndexedRecordWriter, pack_record
 
 FORMAT = ("im2rec detection layout: label = [4, 5, width, height] + [class, xmin, ymin, xmax, ymax] "
@@ -99,42 +98,22 @@ def decoding_threads(workers):
     """A pool of `workers` threads for encode_item (None for one), with the process tuned for them
     while it lasts. Threads, not processes: OpenCV and libjpeg release the GIL, and the JPEG bytes
     then need no pickling through a pipe (about 5% less time than a process pool, bench/RESULTS.md).
+    OpenCV resizes on the calling thread alone (the other threads have the other cores), and freed
+    memory is kept for the next photo (photos.keeping_freed_memory); both are put back afterwards,
+    since a notebook's kernel runs on."""
+    with keeping_freed_memory():
+        if workers <= 1:
+            yield None
+            return
+        import cv2
 
-    - OpenCV resizes on the calling thread alone: the other threads have the other cores.
-    - glibc keeps the memory it frees for the next photo. By default it hands every freed block over
-      128 KB back to the kernel, so each photo faults ~9 MB of fresh pages in again, ~8% of the time.
-    Both are put back afterwards (the memory kept is returned), since a notebook's kernel runs on."""
-    if workers <= 1:
-        yield None
-        return
-    import cv2
-
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    libc = _glibc()
-    if libc:
-        libc.mallopt(M_MMAP_THRESHOLD, 64 << 20)  # blocks up to 64 MB come from the heap...
-        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)  # ...which is not shrunk until 256 MB of it are free
-    try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="hack-pack") as executor:
-            yield executor
-    finally:
-        cv2.setNumThreads(threads)
-        if libc:
-            libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)  # glibc's starting values (which it would have
-            libc.mallopt(M_TRIM_THRESHOLD, 128 << 10)  # moved up by itself; they stay put now)
-            libc.malloc_trim(0)
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-
-
-def _glibc():
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:  # not glibc: nothing to tune
-        return None
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="hack-pack") as executor:
+                yield executor
+        finally:
+            cv2.setNumThreads(threads)
 
 
 def _write_split(name, items, out, max_side, quality, executor, workers, progress, classes):

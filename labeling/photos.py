@@ -135,7 +135,12 @@ def open_upright(source, max_side=None, name=None):
     phone photos several times cheaper to read than a full decode followed by a resize.
     """
     a, _ = _upright_bgr(source, max_side, name)
-    return Image.fromarray(np.ascontiguousarray(a[..., ::-1]))
+    rgb = a[..., ::-1]
+    if not rgb.flags.c_contiguous:  # OpenCV's BGR (PIL's own RGB comes back as it was)
+        import cv2
+
+        rgb = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_BGR2RGB)
+    return Image.fromarray(rgb)
 
 
 def upright_jpeg(source, max_side=None, quality=95, name=None):
@@ -152,11 +157,44 @@ def upright_jpeg(source, max_side=None, quality=95, name=None):
     h, w = a.shape[:2]
     if untouched and isinstance(source, (str, Path)):
         return Path(source).read_bytes(), w, h
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(a), [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                                        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420])
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(a), [cv2.IMWRITE_JPEG_QUALITY, quality,
+                                                             cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                                             cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420])
     if not ok:  # pragma: no cover - libjpeg encodes any 8-bit 3-channel array
         raise KitError(f"{name or display(source)}: the JPEG encoder failed. Fix: report this with the photo.")
     return buf.tobytes(), w, h
+
+
+@contextlib.contextmanager
+def keeping_freed_memory():
+    """For a loop over many photos: glibc keeps the memory it frees for the next photo, and gives
+    it back at the end. By default it hands every freed block over ~128 KB back to the kernel, so
+    each photo faults its decoding buffers in afresh: ~450 page faults for a 512x384 photo, ~9 MB
+    for a 12 MP one, 8-50% of the time (bench/RESULTS.md). Not glibc: nothing is changed."""
+    libc = _glibc()
+    if libc:
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)  # blocks up to 64 MB come from the heap...
+        libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)  # ...which is not shrunk until 256 MB of it are free
+    try:
+        yield
+    finally:
+        if libc:
+            libc.mallopt(_M_MMAP_THRESHOLD, 128 << 10)  # glibc's starting values (which it would have
+            libc.mallopt(_M_TRIM_THRESHOLD, 128 << 10)  # moved up by itself; they stay put now)
+            libc.malloc_trim(0)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
+def _glibc():
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
 
 
 def _upright_bgr(source, max_side=None, name=None):
@@ -191,8 +229,8 @@ def _upright_bgr(source, max_side=None, name=None):
 
 
 def _decode_sequential_jpeg(source, im, orient, tw, th):
-    """The upright BGR pixels (an array) of a whole, sequential (baseline) colour JPEG, decoded by
-    OpenCV's libjpeg-turbo and shrunk by 1/2, 1/4 or 1/8 while decoding as PIL's draft would be;
+    """The upright BGR pixels (an array) of a whole, sequential (baseline) colour JPEG that is to be
+    shrunk, decoded by OpenCV's libjpeg-turbo at 1/2, 1/4 or 1/8 scale as PIL's draft would be;
     None for any other file, which PIL decodes. Phones write such JPEGs. Kept in OpenCV's arrays
     from decoder to encoder, a 12 MP photo costs `hack pack` ~2 ms (~8%) less than through PIL's
     images (bench/RESULTS.md, "pack vs im2rec").
@@ -202,14 +240,16 @@ def _decode_sequential_jpeg(source, im, orient, tw, th):
     raises on a cut-off file."""
     if im.format not in ("JPEG", "MPO") or im.mode != "RGB":  # grey, CMYK: PIL converts them
         return None
+    w, h = im.size
+    scale = _draft_scale(w, h, tw, th) if (tw, th) != (w, h) else 1
+    if scale == 1:  # decoded whole, PIL is as fast, and needs no `import cv2` (0.1 s) nor BGR copies
+        return None
     data = source if isinstance(source, (bytes, bytearray)) else _read_bytes(source)
     if data is None or not _is_whole_sequential_jpeg(data):
         return None
     import cv2  # here: `import cv2` is not free, and only decoding, resizing and encoding need it
 
-    w, h = im.size
-    scale = _draft_scale(w, h, tw, th) if (tw, th) != (w, h) else 1
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+    flags = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
              8: cv2.IMREAD_REDUCED_COLOR_8}[scale] | cv2.IMREAD_IGNORE_ORIENTATION
     a = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if a is None or a.shape != (-(-h // scale), -(-w // scale), 3):  # libjpeg gave up: PIL says why
