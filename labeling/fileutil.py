@@ -42,6 +42,39 @@ def write_json_atomic(path, obj):
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n")
 
 
+@contextlib.contextmanager
+def file_lock(path):
+    """Hold an exclusive lock on `path` (created if missing) against other processes: flock on
+    POSIX, msvcrt's byte lock on Windows. It goes with the process, so a killed holder never leaves
+    a stale lock behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            f.seek(0)
+            while True:
+                try:
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises
+                    break
+                except OSError:
+                    continue
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+            return
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def display(path) -> str:
     """A path as a person can read it, even when its name holds bytes that are not UTF-8."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")

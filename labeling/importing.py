@@ -15,8 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from labeling.errors import KitError
-from labeling.fileutil import display, write_bytes_atomic, write_json_atomic
-from labeling.photos import dhash, encode_jpeg, hamming, is_image_name, open_upright, upright_size
+from labeling.fileutil import display, write_bytes_atomic, write_json_atomic, write_text_atomic
+from labeling.photos import (dhash, encode_jpeg, hamming, is_image_name, keeping_freed_memory, open_upright,
+                             upright_size)
 from labeling.workspace import Workspace, check_scene_name
 
 NEAR_DUPLICATE_BITS = 3  # dHash distance: burst shots and re-sent copies; distinct shots differ more
@@ -78,14 +79,7 @@ def safe_stem(path) -> str:
 def load_index(ws: Workspace) -> dict:
     """The import index, reconciled with the photos on disk (entries for vanished photos dropped,
     photos with no entry hashed anew)."""
-    entries = {}
-    if ws.index_file.exists():
-        try:
-            entries = json.loads(ws.index_file.read_text("utf-8")).get("photos", {})
-        except (ValueError, AttributeError):
-            entries = {}
-    if not isinstance(entries, dict):  # hand-edited or from a newer kit: rebuilt from the photos
-        entries = {}
+    entries = _read_index(ws)
     on_disk = {}
     for scene in ws.scenes():
         for p in sorted((ws.photos_dir / scene).iterdir()):
@@ -98,12 +92,34 @@ def load_index(ws: Workspace) -> dict:
     return on_disk
 
 
+def _read_index(ws: Workspace) -> dict:
+    """The index file's entries as they are (no reconciliation); {} when missing or unreadable."""
+    try:
+        entries = json.loads(ws.index_file.read_text("utf-8")).get("photos", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return entries if isinstance(entries, dict) else {}  # hand-edited or from a newer kit: rebuilt
+
+
+def _stamp(path):
+    """What changes when another process rewrites the file (atomic writes give it a new inode)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _is_hash(value) -> bool:
     return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{16}", value) is not None
 
 
 def save_index(ws: Workspace, entries: dict):
-    write_json_atomic(ws.index_file, {"version": 1, "photos": dict(sorted(entries.items()))})
+    """The index as JSON, one photo a line (written after every imported photo: json's C encoder
+    makes each line, where indent= would take the slow pure-Python one)."""
+    lines = [f"    {json.dumps(rel, ensure_ascii=False)}: {json.dumps(e, ensure_ascii=False)}"
+             for rel, e in sorted(entries.items())]
+    write_text_atomic(ws.index_file, '{\n  "version": 1,\n  "photos": {\n' + ",\n".join(lines) + "\n  }\n}\n")
 
 
 def import_photos(ws: Workspace, sources, scene="default", max_side=1024, progress=True) -> ImportSummary:
@@ -115,11 +131,11 @@ def import_photos(ws: Workspace, sources, scene="default", max_side=1024, progre
                        + ". Fix: point at the photo files or the folder that holds them (.jpg .png .heic).")
     batch = _Batch(ws, scene, max_side)
     summary = ImportSummary()
-    for n, src in enumerate(tqdm(files, desc="import", unit="photo", disable=not progress), 1):
-        batch.add(src, summary)
-        if n % 25 == 0:
-            batch.save()
-    batch.save()
+    with keeping_freed_memory():
+        for src in tqdm(files, desc="import", unit="photo", disable=not progress):
+            batch.add(src, summary)
+    with ws.import_lock():
+        batch.save()
     return summary
 
 
@@ -127,15 +143,16 @@ def import_file(ws: Workspace, path, scene="default", max_side=1024, name=None, 
     """Import one file exactly as `import_photos` imports each of its files: the capture station's entry.
 
     `name` is how messages and the index call the file (default: its path); the stored photo is named
-    after the stem of `stored_name` (default: the file's own), made safe and unique. Callers serialize
-    calls on one workspace: the index is one file.
+    after the stem of `stored_name` (default: the file's own), made safe and unique. Safe beside
+    other processes importing into the same workspace (see _Batch).
     """
     _check_options(scene, max_side)
     batch = _Batch(ws, scene, max_side)
     summary = ImportSummary()
     batch.add(Path(path), summary, name=name, stored_name=stored_name)
     if summary.imported:
-        batch.save()
+        with ws.import_lock():
+            batch.save()
     return summary
 
 
@@ -146,16 +163,60 @@ def _check_options(scene, max_side):
 
 
 class _Batch:
-    """What each imported photo is checked against: the index, its checksums and hashes, the names taken."""
+    """What each imported photo is checked against: the index, its checksums and hashes, the names taken.
+
+    Another process may import into the same workspace meanwhile (`hack capture` while a teammate
+    runs `hack import`). So each photo is decoded and encoded outside the workspace's lock; under
+    it, the index is merged with what another process wrote since, the duplicate checks run, the
+    photo takes a file name that is free on disk, and every SAVE_EVERY photos (and at the end) the
+    index is merged and written: no photo is ever written over, no index entry dropped.
+    """
+
+    SAVE_EVERY = 25
 
     def __init__(self, ws: Workspace, scene, max_side):
         self.ws, self.scene, self.max_side = ws, scene, max_side
-        self.index = load_index(ws)
-        self.by_sha = {e["source_sha256"]: rel for rel, e in self.index.items() if e.get("source_sha256")}
-        self.hashes = [(int(e["dhash"], 16), rel) for rel, e in self.index.items()]
         self.out_dir = ws.photos_dir / scene
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.taken = {p.stem.casefold() for p in ws.photos_dir.glob("*/*") if p.is_file()}
+        with ws.import_lock():
+            self._use(load_index(ws))
+            self.taken = self._taken_now()[1]
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._seen = _stamp(ws.index_file)
+        self._mine = set()  # the photos this batch stored
+        self._unsaved = 0
+
+    def _use(self, index):
+        self.index = index
+        self.by_sha = {e["source_sha256"]: rel for rel, e in index.items()
+                       if isinstance(e, dict) and e.get("source_sha256")}
+        self.hashes = [(int(e["dhash"], 16), rel) for rel, e in index.items()
+                       if isinstance(e, dict) and _is_hash(e.get("dhash"))]
+
+    def _taken_now(self):
+        """The file name stems taken in the workspace (any scene, any file)."""
+        files = [p for p in self.ws.photos_dir.glob("*/*") if p.is_file()]
+        return files, {p.stem.casefold() for p in files}
+
+    def _sync(self):
+        """Under the lock: take in what another process wrote to the index since we last looked,
+        and the names it took. The entries of the photos this batch stored win (the other process
+        may have indexed them from the file alone, without their source's checksum); entries whose
+        photo is gone are dropped."""
+        stamp = _stamp(self.ws.index_file)
+        if stamp != self._seen:
+            files, self.taken = self._taken_now()
+            there = {p.relative_to(self.ws.photos_dir).as_posix() for p in files}
+            merged = {**self.index, **_read_index(self.ws), **{r: self.index[r] for r in self._mine}}
+            self._use({r: e for r, e in merged.items() if r in there})
+            self._seen = stamp
+
+    def _free_stem(self, stem):
+        """A stem no file of the workspace has, the photo and labels checked on disk too (a file
+        copied in by hand since the import started)."""
+        while True:
+            stem_ = _unique_stem(stem, self.taken)
+            if not any((self.out_dir / f"{stem_}{ext}").exists() for ext in (".jpg", ".json")):
+                return stem_
 
     def add(self, src: Path, summary: ImportSummary, name=None, stored_name=None):
         name = name or display(src)
@@ -178,27 +239,41 @@ class _Batch:
             summary.failed.append((name, str(e)))
             return
         h = dhash(im)
-        near = next((rel for hh, rel in self.hashes if hamming(h, hh) <= NEAR_DUPLICATE_BITS), None)
-        if near:
-            summary.near_duplicates.append((name, near))
-            return
-        stem = _unique_stem(safe_stem(stored_name or src), self.taken)
-        rel = f"{self.scene}/{stem}.jpg"
-        write_bytes_atomic(self.out_dir / f"{stem}.jpg", encode_jpeg(im, JPEG_QUALITY))
-        carried = carry_labels(src, self.out_dir / f"{stem}.json", im.size)
+        jpeg = encode_jpeg(im, JPEG_QUALITY)
+        with self.ws.import_lock():
+            self._sync()
+            if sha in self.by_sha:  # another process stored it meanwhile
+                summary.exact_duplicates.append((name, self.by_sha[sha]))
+                return
+            near = next((rel for hh, rel in self.hashes if hamming(h, hh) <= NEAR_DUPLICATE_BITS), None)
+            if near:
+                summary.near_duplicates.append((name, near))
+                return
+            stem = self._free_stem(safe_stem(stored_name or src))
+            rel = f"{self.scene}/{stem}.jpg"
+            self.out_dir.mkdir(parents=True, exist_ok=True)  # the scene's folder may have been removed meanwhile
+            write_bytes_atomic(self.out_dir / f"{stem}.jpg", jpeg)
+            carried = carry_labels(src, self.out_dir / f"{stem}.json", im.size)
+            self.index[rel] = {"scene": self.scene, "source": Path(name).name, "source_sha256": sha,
+                               "dhash": format(h, "016x"), "width": im.width, "height": im.height}
+            self.by_sha[sha] = rel
+            self.hashes.append((h, rel))
+            self._mine.add(rel)
+            self._unsaved += 1
+            if self._unsaved >= self.SAVE_EVERY:
+                self.save()
         if carried is True:
             summary.labels.append(rel)
         elif carried:
             summary.failed.append((display(src.with_suffix(".json")), carried))
             summary.labels_left.append(rel)
-        self.index[rel] = {"scene": self.scene, "source": Path(name).name, "source_sha256": sha,
-                           "dhash": format(h, "016x"), "width": im.width, "height": im.height}
-        self.by_sha[sha] = rel
-        self.hashes.append((h, rel))
         summary.imported.append(rel)
 
     def save(self):
+        """Merge the index with the file and write it; call it under the workspace's import lock."""
+        self._sync()
         save_index(self.ws, self.index)
+        self._seen, self._unsaved = _stamp(self.ws.index_file), 0
 
 
 def carry_labels(src: Path, dest_json: Path, new_size):

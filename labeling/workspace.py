@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labeling.errors import KitError
-from labeling.fileutil import display, write_json_atomic, write_text_atomic
+from labeling.fileutil import display, file_lock, write_json_atomic, write_text_atomic
 
 MARKER = Path(".hack") / "workspace.json"
 # labelme's own labels files start with these two pseudo-classes; they are not objects.
@@ -107,6 +107,12 @@ class Workspace:
     @property
     def classes(self) -> list:
         return read_classes(self.classes_file)
+
+    def import_lock(self):
+        """Held while a photo is stored and the import index updated, so a `hack import` and a
+        `hack capture` (or two imports) on one workspace never take the same file name or drop
+        each other's index entries."""
+        return file_lock(self.state_dir / "import.lock")
 
     def scenes(self) -> list:
         if not self.photos_dir.is_dir():

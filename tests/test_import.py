@@ -361,3 +361,50 @@ def test_real_labeled_photos_come_in_with_their_boxes(ws, tmp_path, shared_dir):
         assert [sh["label"] for sh in after["shapes"]] == [sh["label"] for sh in before["shapes"]]
         for a, b in zip(after["shapes"], before["shapes"]):
             np.testing.assert_allclose(a["points"], np.array(b["points"]) * scale, atol=0.01)
+
+
+# --- two processes on one workspace ------------------------------------------------------------------
+
+def _import_after_barrier(barrier, root, src, how):
+    from labeling.importing import import_file
+    from labeling.workspace import Workspace
+
+    ws = Workspace(root)
+    barrier.wait()  # both start from the same empty workspace: every file name collides
+    if how == "import":
+        import_photos(ws, [src], scene="tank-a", progress=False)
+    else:  # the capture station's path, one upload at a time
+        for p in sorted(src.glob("*.jpg")):
+            import_file(ws, p, scene="tank-a", name=p.name, stored_name=p.name)
+
+
+@pytest.mark.parametrize("second", ["import", "capture"])
+def test_two_processes_importing_at_once_lose_no_photo_and_no_index_entry(ws, tmp_path, make_photo, second):
+    """A teammate runs `hack import` while phones upload through `hack capture` (or a second import):
+    both phones name their photos IMG_0001.jpg...; none may be written over, none dropped from the index."""
+    import hashlib
+    import multiprocessing as mp
+
+    sources = {}
+    for k, phone in enumerate(("phone-a", "phone-b")):
+        for i in range(12):
+            path = tmp_path / phone / f"IMG_{i + 1:04d}.jpg"
+            make_photo(path, size=(320, 240), seed=100 * k + i + 1)
+            sources[hashlib.sha256(path.read_bytes()).hexdigest()] = path
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_import_after_barrier, args=(barrier, ws.root, tmp_path / phone, how))
+             for phone, how in (("phone-a", "import"), ("phone-b", second))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    assert len(stored(ws, "tank-a")) == 24  # 12 + 12: nothing written over
+    entries = index(ws)
+    assert sorted(entries) == sorted(f"tank-a/{n}" for n in stored(ws, "tank-a"))
+    assert {e["source_sha256"] for e in entries.values()} == set(sources)  # every photo, with its checksum
+    # each stored photo is the one its entry names (a photo written over would show another picture)
+    for rel, e in entries.items():
+        with Image.open(sources[e["source_sha256"]]) as src, Image.open(ws.photos_dir / rel) as got:
+            assert mean_abs_diff(got, src.convert("RGB")) < 4, rel
