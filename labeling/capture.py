@@ -4,8 +4,10 @@ The page (capture_page.html) sends one photo per request, so a dropped connectio
 the photo in flight. Each upload is streamed to a private temp file, imported with
 `labeling.importing.import_file` (the same import as `hack import`: upright, HEIC, resized,
 metadata-free, duplicates skipped), and the temp file removed. Bodies are received concurrently;
-imports are serialized by a lock because the workspace index is one file. A retried upload is
-stored once: the page sends the same idempotency key again, and the import skips the same bytes.
+imports are serialized by a lock because the workspace index is one file (a `hack import` in
+another process takes turns with them through the workspace's file lock, labeling/importing.py).
+A retried upload is stored once: the page sends the same idempotency key again, and the import
+skips the same bytes.
 
 Only the team gets in: a random token in the printed address is required on every request.
 Sizes are checked from Content-Length before a byte of the body is read.
