@@ -1,5 +1,6 @@
 """Atomic writes: a reader sees the old file or the whole new one, never half of one."""
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -68,7 +69,13 @@ def file_lock(path):
                 f.seek(0)
                 msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
             return
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except OSError as e:  # a network file system without locks: go on unlocked, as before locks
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            yield
+            return
         try:
             yield
         finally:
