@@ -107,7 +107,7 @@ def build_result(sets, n_boot=1000, seed=0, threshold=0.3):
     result, boot = {}, {}
     for k, s in enumerate(sets):
         w = bootstrap_weights(len(s.truth.images), n=n_boot, seed=seed + k)
-        boot[s.key] = {m: np.array([s.matches.per_class(m, row) for row in w]) for m in METRICS}  # (B, classes)
+        boot[s.key] = {m: s.matches.per_class_many(m, w) for m in METRICS}  # (B, classes)
         entry = dict(s.summary)
         entry["n_images"], entry["n_boxes"] = len(s.truth.images), int(s.matches.n_pos.sum())
         entry["ci95"] = {m: _ci(_nanmean_rows(boot[s.key][m])) for m in METRICS}

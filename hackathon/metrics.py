@@ -39,6 +39,8 @@ Example::
     >>> m.summary()["voc07_map50"], m.score("coco_map", weights=bootstrap_weights(len(truth.images))[0])
 """
 
+import warnings
+
 import numpy as np
 
 METRICS = ("voc07_map50", "voc_map50", "coco_map", "coco_map50")
@@ -100,6 +102,40 @@ class Matches:
                                       metric == "coco_map50")
         return out
 
+    def per_class_many(self, metric="voc07_map50", weights=None) -> np.ndarray:
+        """`per_class` for each row of `weights` (B, images) at once: (B, classes), equal to the
+        row-by-row values (the bootstrap's cost: VOC metrics are done for all rows together, COCO's
+        row by row)."""
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; one of {METRICS}")
+        W = np.asarray(weights, dtype=np.float64)
+        if W.ndim != 2 or W.shape[1] != len(self.truth.images):
+            raise ValueError(f"weights has shape {W.shape}; (resamples, {len(self.truth.images)} truth images) is needed")
+        if not metric.startswith("voc"):
+            return np.array([self.per_class(metric, w) for w in W]).reshape(len(W), len(self.truth.classes))
+        n_pos = W @ self.n_pos  # (B, classes)
+        counts = np.asarray(weights)
+        if counts.dtype.kind in "iu" and W.size and 0 <= counts.min() and counts.max() < 2 ** 31 // max(len(self.det_image), 1):
+            W = counts.astype(np.int32)  # bootstrap counts: exact int32 sums (see _voc_ap_many)
+        out = np.full((len(W), len(self.truth.classes)), np.nan)
+        for c, sl in enumerate(self._slices):
+            rows = np.flatnonzero(n_pos[:, c] > 0)
+            status = self.voc[sl]
+            counted = np.flatnonzero(status >= 0)
+            step = max(1, _CELLS // max(len(counted), 1))
+            for a in range(0, len(rows), step):
+                r = rows[a:a + step]
+                dw = W[np.ix_(r, self.det_image[sl][counted])]
+                out[r, c] = _voc_ap_many(status[counted].astype(W.dtype), dw, n_pos[r, c], metric == "voc07_map50")
+        return out
+
+    def score_many(self, metric="voc07_map50", weights=None) -> np.ndarray:
+        """`score` for each row of `weights` (B, images): (B,), NaN where no class has truth."""
+        aps = self.per_class_many(metric, weights)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a row without any truth: NaN, as `score`
+            return np.nanmean(aps, axis=1)
+
     def summary(self) -> dict:
         """{metric: mean, ..., "per_class": {class: {metric: AP or None, "n_truth": boxes}}}."""
         table = {m: self.per_class(m) for m in METRICS}
@@ -148,6 +184,38 @@ def _voc_ap(status, w, n_pos, eleven_point):
     mpre = np.maximum.accumulate(np.concatenate(([0.0], prec, [0.0]))[::-1])[::-1]
     i = np.flatnonzero(mrec[1:] != mrec[:-1])
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def _voc_ap_many(status, w, n_pos, eleven_point):
+    """_voc_ap for many weight rows at once: status (n,) of the counted detections of one class in
+    ranking order, w (B, n), n_pos (B,) -> (B,). A row's zero-weight detections only repeat its
+    previous precision/recall point (or add (0, 0) before the first), which changes no AP, so every
+    row keeps all n columns and equals _voc_ap to the last bit. Integer weights (bootstrap counts)
+    are summed as int32, 2-3x faster than floats and exact."""
+    tp = np.cumsum(w * (status == 1), axis=1)
+    fp = np.cumsum(w * (status == 0), axis=1)
+    total = fp + tp
+    prec = np.divide(tp, total, out=np.zeros(tp.shape), where=total > 0)  # _voc_ap's nan_to_num
+    rec = tp / n_pos[:, None]
+    B, n = prec.shape
+    if eleven_point:
+        if not n:
+            return np.zeros(B)
+        env = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
+        # as _voc_ap: the first point with recall >= t (recall never falls along a row)
+        first = np.array([np.searchsorted(r, VOC07_RECALLS, side="left") for r in rec])  # (B, 11)
+        hit = first < n
+        rows = np.broadcast_to(np.arange(B)[:, None], first.shape)
+        vals = np.where(hit, env[rows, np.minimum(first, n - 1)] / 11.0, 0.0)
+        ap = np.zeros(B)
+        for k in range(len(VOC07_RECALLS)):  # summed in _voc_ap's order, t = 0, 0.1, ..., 1
+            ap += vals[:, k]
+        return ap
+    mrec = np.concatenate((np.zeros((B, 1)), rec, np.ones((B, 1))), axis=1)
+    mpre = np.concatenate((np.zeros((B, 1)), prec, np.zeros((B, 1))), axis=1)
+    mpre = np.maximum.accumulate(mpre[:, ::-1], axis=1)[:, ::-1]
+    step = mrec[:, 1:] != mrec[:, :-1]
+    return np.array([np.sum((mrec[b, 1:][step[b]] - mrec[b, :-1][step[b]]) * mpre[b, 1:][step[b]]) for b in range(B)])
 
 
 def _coco_ap(tp, fp, w, n_pos, at50):

@@ -290,3 +290,22 @@ def test_real_aquarium_labels_against_both_references(shared_dir):
     assert abs(s["coco_map"] - ap) < 1e-6 and abs(s["coco_map50"] - ap50) < 1e-6
     assert abs(s["voc07_map50"] - gluoncv_reference(truth, rows)[0]) < 1e-9
     assert 0.1 < s["coco_map"] < s["coco_map50"] < 1  # a real, not a degenerate, case
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_many_resamples_at_once_equal_one_by_one(seed):
+    """per_class_many (the bootstrap's batched path) gives the very bits of per_class row by row,
+    zero weights, difficult boxes and classes without truth in some resamples included."""
+    truth, rows = random_scene(seed + 300, n_img=9)
+    m = kit(truth, rows)
+    weights = bootstrap_weights(len(truth.images), n=40, seed=seed)
+    weights[0] = 0  # a resample without any image
+    weights[1] = np.eye(len(truth.images), dtype=weights.dtype)[0]  # one image only
+    for metric in METRICS:
+        many = m.per_class_many(metric, weights)
+        one = np.array([m.per_class(metric, w) for w in weights])
+        np.testing.assert_array_equal(many, one, err_msg=metric)
+        scores = m.score_many(metric, weights)
+        np.testing.assert_array_equal(scores, [m.score(metric, w) for w in weights], err_msg=metric)
+    with pytest.raises(ValueError, match="truth images"):
+        m.per_class_many("voc07_map50", np.ones((3, len(truth.images) + 1)))
