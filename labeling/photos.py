@@ -6,6 +6,7 @@ that hands pixels to MXNet goes through `open_upright`, and every size check use
 import contextlib
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -339,15 +340,29 @@ def _resize(a, size):
     return cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
+_strict = {"lock": threading.Lock(), "depth": 0, "saved": None}
+
+
 @contextlib.contextmanager
 def _no_truncated_images():
     """A truncated file is an error here, whatever the global says: `import gluoncv` sets PIL's
-    LOAD_TRUNCATED_IMAGES to True, which would pack half a photo as grey pixels."""
-    saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    LOAD_TRUNCATED_IMAGES to True, which would pack half a photo as grey pixels.
+
+    The flag is one global and `hack pack` reads photos in several threads: the first reader in
+    saves it and the last one out puts it back (a plain save/restore per reader would let one
+    thread restore True while another is still reading, and leave False behind)."""
+    with _strict["lock"]:
+        if _strict["depth"] == 0:
+            _strict["saved"] = ImageFile.LOAD_TRUNCATED_IMAGES
+        _strict["depth"] += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         yield
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+        with _strict["lock"]:
+            _strict["depth"] -= 1
+            if _strict["depth"] == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _strict["saved"]
 
 
 def _load_strict(im):

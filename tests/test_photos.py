@@ -260,3 +260,27 @@ def test_shrinking_while_decoding_matches_a_full_decode(tmp_path, make_photo):
         full = im.convert("RGB").resize((400, 300), Image.LANCZOS)
     assert fast.size == (400, 300)
     assert mean_abs_diff(fast, full) < 3
+
+
+def test_cut_photos_read_in_threads_stay_errors_and_the_flag_comes_back(tmp_path, monkeypatch):
+    """`hack pack` reads in threads after `import gluoncv` (in a notebook) set PIL's
+    LOAD_TRUNCATED_IMAGES: every cut photo must still fail, and the flag end as it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    whole, cut = jpeg_bytes(), jpeg_bytes()[: len(jpeg_bytes()) // 2]
+    for i in range(40):
+        (tmp_path / f"{i}.jpg").write_bytes(cut if i % 2 else whole)
+
+    def read(i):
+        try:
+            open_upright(tmp_path / f"{i}.jpg", max_side=32)
+            return "ok"
+        except KitError:
+            return "error"
+
+    for _ in range(5):
+        with ThreadPoolExecutor(4) as ex:
+            got = list(ex.map(read, range(40)))
+        assert got == ["ok" if i % 2 == 0 else "error" for i in range(40)]
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True
