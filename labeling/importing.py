@@ -3,6 +3,8 @@
 Originals are only read. Each stored photo is written atomically; the index of what was
 imported (source checksum, perceptual hash, scene) lives in `.hack/photos.json` and is rebuilt
 from the photos themselves when it is missing or stale, so a killed import loses nothing.
+Another process importing into the same workspace at the same time (`hack capture`, a second
+`hack import`) takes turns through the workspace's lock file: see _Batch.
 """
 import hashlib
 import json
