@@ -71,6 +71,21 @@ def shared_dir():
     return SHARED
 
 
+def run_at_once(target, arg_lists, start="spawn", timeout=120):
+    """target(*args, barrier) in one process per args tuple, all let go together by the barrier
+    (so they really overlap); returns their exit codes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context(start)
+    barrier = ctx.Barrier(len(arg_lists))
+    procs = [ctx.Process(target=target, args=(*args, barrier)) for args in arg_lists]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    return [p.exitcode for p in procs]
+
+
 @pytest.fixture
 def ws(tmp_path):
     """A fresh workspace with two classes."""

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import heic_can_encode, mean_abs_diff
+from conftest import heic_can_encode, mean_abs_diff, run_at_once
 from hackathon.cli import cli
 from labeling.errors import KitError
 from labeling.importing import import_photos, safe_stem
@@ -365,7 +365,7 @@ def test_real_labeled_photos_come_in_with_their_boxes(ws, tmp_path, shared_dir):
 
 # --- two processes on one workspace ------------------------------------------------------------------
 
-def _import_after_barrier(barrier, root, src, how):
+def _import_after_barrier(root, src, how, barrier):
     from labeling.importing import import_file
     from labeling.workspace import Workspace
 
@@ -383,7 +383,6 @@ def test_two_processes_importing_at_once_lose_no_photo_and_no_index_entry(ws, tm
     """A teammate runs `hack import` while phones upload through `hack capture` (or a second import):
     both phones name their photos IMG_0001.jpg...; none may be written over, none dropped from the index."""
     import hashlib
-    import multiprocessing as mp
 
     sources = {}
     for k, phone in enumerate(("phone-a", "phone-b")):
@@ -391,15 +390,8 @@ def test_two_processes_importing_at_once_lose_no_photo_and_no_index_entry(ws, tm
             path = tmp_path / phone / f"IMG_{i + 1:04d}.jpg"
             make_photo(path, size=(320, 240), seed=100 * k + i + 1)
             sources[hashlib.sha256(path.read_bytes()).hexdigest()] = path
-    ctx = mp.get_context("fork")
-    barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_import_after_barrier, args=(barrier, ws.root, tmp_path / phone, how))
-             for phone, how in (("phone-a", "import"), ("phone-b", second))]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    jobs = [(ws.root, tmp_path / phone, how) for phone, how in (("phone-a", "import"), ("phone-b", second))]
+    assert run_at_once(_import_after_barrier, jobs, start="fork") == [0, 0]
     assert len(stored(ws, "tank-a")) == 24  # 12 + 12: nothing written over
     entries = index(ws)
     assert sorted(entries) == sorted(f"tank-a/{n}" for n in stored(ws, "tank-a"))

@@ -4,7 +4,6 @@ import csv
 import html.parser
 import io
 import json
-import multiprocessing
 import re
 import shutil
 import sqlite3
@@ -15,7 +14,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from conftest import headless_chromium
+from conftest import headless_chromium, run_at_once
 
 from hackathon import leaderboard as history
 from hackathon.leaderboard_render import to_csv, to_html, to_markdown, write_board
@@ -105,14 +104,7 @@ def _writer(path, prefix, n, barrier):
 
 def test_two_processes_write_at_once(tmp_path):
     path = tmp_path / "lb.db"
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_writer, args=(path, p, 25, barrier)) for p in ("p", "q")]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_at_once(_writer, [(path, p, 25) for p in ("p", "q")]) == [0, 0]
     db = sqlite3.connect(path)
     assert db.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
     assert db.execute("SELECT COUNT(*) FROM submissions").fetchone()[0] == 75

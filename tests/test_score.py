@@ -3,7 +3,6 @@ breaks, invalid and hostile submissions (zip-slip, symlinks, bombs, pickles) ref
 others are scored, idempotent history, two scorers at once, in-scene gap, exported models."""
 import csv
 import json
-import multiprocessing
 import os
 import shutil
 import stat
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import run_at_once
 from hackathon.cli import cli
 from hackathon.ranking import interval, paired_tie, rank
 from hackathon.score import score_submissions
@@ -237,14 +237,7 @@ def test_two_scorers_at_once(tmp_path):
     for k in range(4):
         team_folder(inbox, f"t{k}", preds(which=range(k + 2)))
     db = tmp_path / "shared.db"
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    procs = [ctx.Process(target=_score_proc, args=(truth, inbox, tmp_path / f"out{i}", db, barrier)) for i in (0, 1)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert [p.exitcode for p in procs] == [0, 0]
+    assert run_at_once(_score_proc, [(truth, inbox, tmp_path / f"out{i}", db) for i in (0, 1)], timeout=180) == [0, 0]
     import sqlite3
 
     con = sqlite3.connect(db)
