@@ -220,6 +220,18 @@ class _Batch:
             if not any((self.out_dir / f"{stem_}{ext}").exists() for ext in (".jpg", ".json")):
                 return stem_
 
+    def _skip_duplicate(self, name, sha, h, summary) -> bool:
+        """Count `name` as an exact (same bytes) or near (same picture, dHash `h`) duplicate of a
+        stored photo, if it is one."""
+        if sha in self.by_sha:
+            summary.exact_duplicates.append((name, self.by_sha[sha]))
+            return True
+        near = None if h is None else next((rel for hh, rel in self.hashes if hamming(h, hh) <= NEAR_DUPLICATE_BITS), None)
+        if near:
+            summary.near_duplicates.append((name, near))
+            return True
+        return False
+
     def add(self, src: Path, summary: ImportSummary, name=None, stored_name=None):
         name = name or display(src)
         try:
@@ -232,8 +244,7 @@ class _Batch:
                                          "Fix: copy it again from the phone, or remove it."))
             return
         sha = hashlib.sha256(data).hexdigest()
-        if sha in self.by_sha:
-            summary.exact_duplicates.append((name, self.by_sha[sha]))
+        if self._skip_duplicate(name, sha, None, summary):
             return
         try:
             im = open_upright(data, self.max_side, name=name)
@@ -241,15 +252,12 @@ class _Batch:
             summary.failed.append((name, str(e)))
             return
         h = dhash(im)
+        if self._skip_duplicate(name, sha, h, summary):
+            return
         jpeg = encode_jpeg(im, JPEG_QUALITY)
         with self.ws.import_lock():
             self._sync()
-            if sha in self.by_sha:  # another process stored it meanwhile
-                summary.exact_duplicates.append((name, self.by_sha[sha]))
-                return
-            near = next((rel for hh, rel in self.hashes if hamming(h, hh) <= NEAR_DUPLICATE_BITS), None)
-            if near:
-                summary.near_duplicates.append((name, near))
+            if self._skip_duplicate(name, sha, h, summary):  # another process stored it meanwhile
                 return
             stem = self._free_stem(safe_stem(stored_name or src))
             rel = f"{self.scene}/{stem}.jpg"
