@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from labeling.errors import KitError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -49,8 +51,13 @@ def file_lock(path):
     POSIX, msvcrt's byte lock on Windows. It goes with the process, so a killed holder never leaves
     a stale lock behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+b")
+    except OSError as e:
+        raise KitError(f"{display(path)}: cannot open the lock file ({e.strerror}). Fix: make the workspace "
+                       "writable, or remove what is in the way at that path.") from None
+    with f:
         try:
             import fcntl
         except ImportError:  # Windows

@@ -400,3 +400,13 @@ def test_two_processes_importing_at_once_lose_no_photo_and_no_index_entry(ws, tm
     for rel, e in entries.items():
         with Image.open(sources[e["source_sha256"]]) as src, Image.open(ws.photos_dir / rel) as got:
             assert mean_abs_diff(got, src.convert("RGB")) < 4, rel
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_clear_error(ws, tmp_path, make_photo):
+    make_photo(tmp_path / "phone" / "a.jpg", size=(320, 240))
+    before = (tmp_path / "phone" / "a.jpg").read_bytes()
+    (ws.state_dir / "import.lock").mkdir()  # something in the way of the lock file
+    r = run(ws, tmp_path / "phone")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "import.lock: cannot open the lock file" in r.output and "Fix:" in r.output
+    assert (tmp_path / "phone" / "a.jpg").read_bytes() == before
