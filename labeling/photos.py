@@ -135,13 +135,12 @@ def open_upright(source, max_side=None, name=None):
     JPEGs are shrunk while decoding (libjpeg's DCT scaling, see DRAFT_SLACK), which makes 12 MP
     phone photos several times cheaper to read than a full decode followed by a resize.
     """
-    a, _ = _upright_bgr(source, max_side, name)
-    rgb = a[..., ::-1]
-    if not rgb.flags.c_contiguous:  # OpenCV's BGR (PIL's own RGB comes back as it was)
-        import cv2
+    im, size, _ = _decode(source, max_side, name)
+    if isinstance(im, Image.Image):
+        return im if im.size == size else Image.fromarray(_resize(np.asarray(im), size))
+    import cv2
 
-        rgb = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_BGR2RGB)
-    return Image.fromarray(rgb)
+    return Image.fromarray(cv2.cvtColor(_resize(im, size), cv2.COLOR_BGR2RGB))
 
 
 def upright_jpeg(source, max_side=None, quality=95, name=None):
@@ -154,13 +153,12 @@ def upright_jpeg(source, max_side=None, quality=95, name=None):
     """
     import cv2
 
-    a, untouched = _upright_bgr(source, max_side, name)
-    h, w = a.shape[:2]
+    im, (w, h), untouched = _decode(source, max_side, name)
     if untouched and isinstance(source, (str, Path)):
         return Path(source).read_bytes(), w, h
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(a), [cv2.IMWRITE_JPEG_QUALITY, quality,
-                                                             cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                                                             cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420])
+    a = _resize(np.asarray(im)[..., ::-1] if isinstance(im, Image.Image) else im, (w, h))  # BGR, as OpenCV's
+    ok, buf = cv2.imencode(".jpg", a, [cv2.IMWRITE_JPEG_QUALITY, quality,
+                                       cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420])
     if not ok:  # pragma: no cover - libjpeg encodes any 8-bit 3-channel array
         raise KitError(f"{name or display(source)}: the JPEG encoder failed. Fix: report this with the photo.")
     return buf.tobytes(), w, h
@@ -199,10 +197,12 @@ def _glibc():
         return None
 
 
-def _upright_bgr(source, max_side=None, name=None):
-    """(pixels, untouched): the upright photo shrunk so its long side is at most `max_side`, as an
-    (h, w, 3) uint8 array in OpenCV's BGR order; untouched when the file is an upright RGB JPEG
-    already at that size."""
+def _decode(source, max_side=None, name=None):
+    """(pixels, size, untouched): the upright photo, and the size (w, h) it is to have once shrunk
+    so its long side is at most `max_side`. The pixels are OpenCV's BGR array for a phone's JPEG
+    (shrunk while decoding, see _decode_sequential_jpeg), else PIL's RGB image, each still to be
+    resized to `size` by the caller in its own form (no copy from one to the other for nothing).
+    Untouched: the file is an upright RGB JPEG already at that size."""
     name = name or display(source)
     im = _open(source, name)
     try:
@@ -213,16 +213,14 @@ def _upright_bgr(source, max_side=None, name=None):
         size = target_size(*_upright(w, h, orient), max_side)
         untouched = im.format == "JPEG" and im.mode == "RGB" and orient == 1 and (tw, th) == (w, h)
         a = _decode_sequential_jpeg(source, im, orient, tw, th)
-        if a is None:  # PIL decodes everything else: PNG, HEIC, grey, CMYK, progressive, broken files
-            if (tw, th) != (w, h) and im.format in ("JPEG", "MPO"):  # MPO: a JPEG with extra frames
-                im.draft("RGB", _draft_size(w, h, tw, th))
-            _load_strict(im)
-            rgb = to_rgb(ImageOps.exif_transpose(im) if orient != 1 else im)
-            a = np.asarray(rgb)[..., ::-1]
-        im.close()
-        if (a.shape[1], a.shape[0]) != size:
-            a = _resize(a, size)
-        return a, untouched
+        if a is not None:
+            im.close()
+            return a, size, untouched
+        # PIL decodes everything else: PNG, HEIC, grey, CMYK, progressive, whole-size and broken files
+        if (tw, th) != (w, h) and im.format in ("JPEG", "MPO"):  # MPO: a JPEG with extra frames
+            im.draft("RGB", _draft_size(w, h, tw, th))
+        _load_strict(im)
+        return to_rgb(ImageOps.exif_transpose(im) if orient != 1 else im), size, untouched
     except KitError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
@@ -333,9 +331,11 @@ def _draft_size(w, h, tw, th):
 def _resize(a, size):
     """An (h, w, 3) array resized to `size` (w, h) with OpenCV: shrunk by pixel-area averaging
     (antialiased), or enlarged bicubically by the last few percent after a DCT reduction that
-    stopped short (DRAFT_SLACK)."""
+    stopped short (DRAFT_SLACK). Already that size: the array itself, made contiguous."""
     import cv2
 
+    if (a.shape[1], a.shape[0]) == tuple(size):
+        return np.ascontiguousarray(a)
     shrink = a.shape[1] >= size[0] and a.shape[0] >= size[1]
     return cv2.resize(np.ascontiguousarray(a), size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
