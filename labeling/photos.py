@@ -168,9 +168,8 @@ def upright_jpeg(source, max_side=None, quality=95, name=None):
 def keeping_freed_memory():
     """For a loop over many photos: glibc keeps the memory it frees for the next photo, and gives
     it back at the end. By default it hands every freed block over ~128 KB back to the kernel, so
-    each photo faults its decoding buffers in afresh: ~450 page faults (1.8 MB) for a 512x384
-    photo, about half of its 3 ms in `open_upright`; ~9 MB for a 12 MP one, ~8% of `hack pack`'s
-    time (bench/RESULTS.md, "pack vs im2rec"). Not glibc: nothing is changed."""
+    each 12 MP photo faults ~12 MB of decoding buffers in afresh: `open_upright` takes 25 ms a
+    photo instead of 18.5 (bench/RESULTS.md, "hack import"). Not glibc: nothing is changed."""
     libc = _glibc()
     if libc:
         libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)  # blocks up to 64 MB come from the heap...
