@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from hackathon.core.constants import KEEP_SCORE
 from hackathon.core.errors import KitError
+from hackathon.evaluate.metrics import METRICS
 
 
 class KitGroup(click.Group):
@@ -386,7 +388,7 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--threshold", default=0.3, show_default=True, type=float,
               help="Lowest score drawn on the images.")
-@click.option("--keep", default=0.01, show_default=True, type=float,
+@click.option("--keep", default=KEEP_SCORE, show_default=True, type=float,
               help="Lowest score written to the predictions file (mAP needs the low-score tail; judges score this file).")
 def predict_cmd(export, images, out, threshold, keep):
     """Run the exported model EXPORT on IMAGES (photos or folders of photos).
@@ -438,8 +440,10 @@ def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed):
       # then read shift-report/shift.md; shoot more like shift-report/most-like-test.png
     """
     from hackathon.evaluate.shift import measure_shift
+    from hackathon.evaluate.shift_report import write_report
 
     result = measure_shift(train_images, test_images, out, folds=folds, permutations=permutations, clip=clip, seed=seed)
+    write_report(result, out)
     for _, message in result.skipped:
         click.secho(f"error: {message}", fg="red", err=True)
     click.echo(result.verdict())
@@ -461,7 +465,7 @@ def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed):
 @click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The scoring history (SQLite; default OUT/leaderboard.db).")
 @click.option("--metric", default="voc07_map50", show_default=True,
-              type=click.Choice(["voc07_map50", "voc_map50", "coco_map", "coco_map50"]), help="What ranks the teams.")
+              type=click.Choice(METRICS), help="What ranks the teams.")
 @click.option("--in-scene", "in_scene", type=click.Path(exists=True, path_type=Path),
               help="The teams' own scene (labelme folder or .rec), for the gap and retention columns.")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(50, 100000),

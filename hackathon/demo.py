@@ -210,9 +210,11 @@ def eval_step(export, scenes, out, echo=print, progress=True):
 def shift_step(scenes, out, echo=print, progress=True):
     """8. How far the simulated scene is from the training photos (`hack shift`)."""
     from hackathon.evaluate.shift import measure_shift
+    from hackathon.evaluate.shift_report import write_report
 
     report = out / "shift-report"
     result = measure_shift(scenes["train"], scenes["other"], report, permutations=99, progress=progress)
+    write_report(result, report)
     echo(f"8/{STEPS} shift: {result.verdict()}")
     echo(f"    shift report: {report / 'shift.md'}, {report / 'most-like-test.png'}, {report / 'roc.png'}")
     return report

@@ -71,3 +71,23 @@ def frame(record: bytes) -> bytes:
         start = hit + 4
     out += [MAGIC, _LREC.pack((3 if start else 0) << 29 | (n - start)), record[start:], b"\0" * (-n % 4)]
     return b"".join(out)
+
+
+def parse_detection_label(label):
+    """im2rec's detection label, read back: ``(header width, object width, (w, h) or None, rows)``.
+
+    The layout `hack pack` writes and GluonCV's ``RecordFileDetection`` reads: ``[A, B, (extra
+    header values), objects...]`` with A >= 2 the header's length, B >= 5 each object's length
+    (``class, xmin, ymin, xmax, ymax[, difficult]``, normalized), and with A >= 4 the photo's width
+    and height at 2 and 3 (0 when unknown). Raises ValueError saying what is malformed; the caller
+    names the file and record.
+    """
+    label = np.asarray(label, dtype=np.float64).ravel()
+    if label.size < 2 or not np.isfinite(label[:2]).all():
+        raise ValueError(f"not in the detection layout [4, 5, w, h, ...] ({label.size} values)")
+    head, width = int(label[0]), int(label[1])
+    if head < 2 or width < 5 or label.size < head or (label.size - head) % width:
+        raise ValueError(f"not in the detection layout [4, 5, w, h, ...] (header {head}, object width {width}, "
+                         f"{label.size} values)")
+    size = (int(label[2]), int(label[3])) if head >= 4 and label[2] > 0 and label[3] > 0 else None
+    return head, width, size, label[head:].reshape(-1, width)

@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_bytes_atomic
+from labeling.recordio import parse_detection_label
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
@@ -28,13 +29,12 @@ def read_records(rec_path, indices=None):
         keys = sorted(reader.keys) if indices is None else indices
         for k in keys:
             header, payload = mx.recordio.unpack(reader.read_idx(k))
-            label = np.asarray(header.label, dtype=np.float64).ravel()
-            if label.size < 4 or int(label[0]) < 2 or int(label[1]) < 5:
-                raise KitError(f"{display(rec_path)}: record {k} is not in the detection layout [4, 5, w, h, ...]. "
-                               "Fix: pack it with `hack pack`.")
-            hl, width = int(label[0]), int(label[1])
+            try:
+                _, _, _, rows = parse_detection_label(header.label)
+            except ValueError as e:
+                raise KitError(f"{display(rec_path)}: record {k} is {e}. Fix: pack it with `hack pack`.") from None
             im = Image.open(io.BytesIO(payload)).convert("RGB")
-            rows = label[hl:].reshape(-1, width)[:, :5].copy()
+            rows = rows[:, :5].copy()
             rows[:, (1, 3)] *= im.width
             rows[:, (2, 4)] *= im.height
             yield k, im, rows
@@ -43,8 +43,11 @@ def read_records(rec_path, indices=None):
 
 
 def read_classes_beside(rec_path):
+    """The pack's classes.txt beside `rec_path` (read as every class file is), or None."""
+    from labeling.workspace import read_classes
+
     path = Path(rec_path).parent / "classes.txt"
-    return [c for c in path.read_text("utf-8").splitlines() if c.strip()] if path.exists() else None
+    return read_classes(path) if path.is_file() else None
 
 
 def show_grid(rec_path, out, n=16, seed=0, tile=320, classes=None):

@@ -299,8 +299,10 @@ photos from the *test* photos. If it cannot (ROC-AUC near 0.5), the scenes look 
 network; near 1.0, every photo's scene is obvious. The same classifier gives each of your
 photos a weight: how much it resembles the test scene.""",
     """from hackathon.evaluate.shift import measure_shift
+from hackathon.evaluate.shift_report import write_report
 
 shift = measure_shift(folders["train"], folders["other"], WORK / "shift-report", permutations=99, progress=False)
+write_report(shift, WORK / "shift-report")
 print(shift.verdict())
 display(Markdown((WORK / "shift-report" / "shift.md").read_text()[:1500]))""",
     """display(Image(filename=str(WORK / "shift-report" / "roc.png"), width=420))

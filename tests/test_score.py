@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from conftest import run_at_once
 from hackathon.cli import cli
-from hackathon.judge.ranking import interval, paired_tie, rank
+from hackathon.evaluate.metrics import percentile_interval as interval
+from hackathon.judge.ranking import paired_tie, rank
 from hackathon.judge.score import score_submissions
 from hackathon.judge.submissions import Limits, Submission, discover, open_submission
 from labelme_data import labeled_set

@@ -15,6 +15,7 @@ from hackathon.cli import cli
 from hackathon.evaluate.features import CACHE_NAME, extract_features, list_images, load_backbone
 from hackathon.evaluate.shift import (classifier_inputs, domain_classifier, fit_logistic, importance_weights, kid,
                              measure_shift, out_of_fold_logits, roc_auc, roc_curve, stratified_folds)
+from hackathon.evaluate.shift_report import write_report
 from hackathon.core.errors import KitError
 
 # ---- statistics on arrays ----
@@ -262,6 +263,8 @@ def test_bad_inputs_get_one_clear_error(tmp_path, scenes):
 def test_injected_features_run_the_whole_report_without_the_network(scenes, tmp_path):
     result = measure_shift(scenes / "blue" / "a", scenes / "red", tmp_path / "r", permutations=20,
                            progress=False, featurize=fake_features)
+    assert not (tmp_path / "r" / "shift.md").exists()  # a value: the caller writes the report
+    write_report(result, tmp_path / "r")
     assert result.auc == 1.0  # mean colour alone separates blue from red
     assert (tmp_path / "r" / "roc.png").is_file() and not (tmp_path / "r" / CACHE_NAME).exists()
     assert shift.MOST_LIKE in result.verdict()
@@ -275,6 +278,7 @@ def test_a_report_inside_the_train_folder_is_not_read_back_as_photos(scenes, tmp
     for _ in range(2):  # the second run finds the first run's PNGs below train/report
         result = measure_shift(train, scenes / "red", train / "report", permutations=20, progress=False,
                                featurize=fake_features)
+        write_report(result, train / "report")
         assert result.n_train == 12
     assert (train / "report" / shift.MOST_LIKE).is_file()
 

@@ -18,7 +18,8 @@ from conftest import installed_checkpoint
 from PIL import Image
 
 from hackathon.train import weights
-from hackathon.train.weights import (CHECKPOINT_SHA256, MEAN_RGB, STD_RGB, KitError, SafeUnpickler, find_checkpoint,
+from hackathon.core.constants import IMAGENET_MEAN, IMAGENET_STD
+from hackathon.train.weights import (CHECKPOINT_SHA256, KitError, SafeUnpickler, find_checkpoint,
                                mobilenetv2_params, read_torch_checkpoint)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "labeling" / "sample" / "aquarium-a"
@@ -245,7 +246,7 @@ def imagenet_input(path):
     scale = 256 / min(im.size)
     im = im.resize((round(im.width * scale), round(im.height * scale)), Image.BILINEAR)
     left, top = (im.width - 224) // 2, (im.height - 224) // 2
-    x = (np.asarray(im.crop((left, top, left + 224, top + 224)), np.float32) / 255 - MEAN_RGB) / STD_RGB
+    x = (np.asarray(im.crop((left, top, left + 224, top + 224)), np.float32) / 255 - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
     return x.transpose(2, 0, 1).astype(np.float32)
 
 

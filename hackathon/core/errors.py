@@ -1,4 +1,4 @@
-"""The one exception type for mistakes a user can fix."""
+"""The kit's two exception types: mistakes a user can fix, and a team's submission the judges refuse."""
 
 
 class KitError(Exception):
@@ -6,3 +6,7 @@ class KitError(Exception):
 
     The CLI prints it on one line and exits non-zero; bugs raise anything else.
     """
+
+
+class Refused(Exception):
+    """A submission that cannot be scored; the message is shown to the team (on the board)."""

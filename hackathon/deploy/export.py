@@ -18,20 +18,57 @@ from pathlib import Path
 
 import numpy as np
 
+from hackathon.core.constants import IMAGENET_MEAN, IMAGENET_STD
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_json_atomic, write_text_atomic
 from hackathon.train.rundir import RunDir
-from hackathon.train.weights import MEAN_RGB, STD_RGB
 
+# The export contract, owned here: the files `hack export` writes, and what every reader of an
+# export (hack predict, hack eval, the judges' scorer and model check) may expect of them.
+SYMBOL, PARAMS, CLASSES, META = "model-symbol.json", "model-0000.params", "classes.txt", "export.json"
+REQUIRED_FILES = (SYMBOL, PARAMS, CLASSES)
+OPTIONAL_FILES = (META,)  # an export written by hand with GluonCV has none: GluonCV's defaults below
 EXPORT_FORMAT = 1
+DEFAULT_SHAPE = [512, 512]  # GluonCV's SSD-512, for an export without export.json
+STRICT_SIDE = (32, 2048)  # the input sides the judges accept from a team's export.json
 NMS_THRESH, NMS_TOPK, POST_NMS = 0.45, 400, 100
+
+
+def check_meta(meta, classes, strict=False):
+    """export.json's content checked against the contract; returns it with the defaults filled in.
+
+    Lenient (a team's own predict/eval): any positive input size. Strict (the judges, on files a
+    team sent): sides within STRICT_SIDE and bounded numbers. Raises ValueError with what is wrong;
+    each caller adds the file and the fix its user needs.
+    """
+    def numbers(v, n):
+        return isinstance(v, list) and len(v) == n and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and (abs(x) < 1e6 or not strict) for x in v)
+
+    if not isinstance(meta, dict):
+        raise ValueError("export.json is not a JSON object")
+    meta = {"data_shape": DEFAULT_SHAPE, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "classes": classes,
+            **meta}
+    shape, lo_hi = meta["data_shape"], STRICT_SIDE if strict else (1, float("inf"))
+    if not (numbers(shape, 2) and all(isinstance(x, int) and lo_hi[0] <= x <= lo_hi[1] for x in shape)):
+        sides = f"{lo_hi[0]}..{lo_hi[1]} pixels" if strict else "a positive whole number of pixels"
+        raise ValueError(f"data_shape must be [H, W] with {sides} each, not {str(shape)[:40]}")
+    for key in ("mean", "std"):
+        if not numbers(meta[key], 3):
+            raise ValueError(f"{key} must be three numbers (RGB)")
+    if any(x <= 0 for x in meta["std"]):
+        raise ValueError("std must be positive")
+    if meta["classes"] != classes:
+        raise ValueError(f"its classes {str(meta['classes'])[:200]} differ from classes.txt {str(classes)[:200]}")
+    return meta
 
 
 def export_run(run_path, out, weights="best"):
     """Export `run_path`'s best (or last) weights to the folder `out`; returns `out` as a Path."""
     import mxnet as mx
 
-    from hackathon.train.loop import TrainConfig, build_net
+    from hackathon.train.loop import TrainConfig
+    from hackathon.train.models import build_net
 
     run = RunDir.open(run_path)
     config = run.read_config()
@@ -56,11 +93,11 @@ def export_run(run_path, out, weights="best"):
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         net.export(os.path.join(tmp, "model"), epoch=0)
         _check_roundtrip(tmp, probe, want)
-        for name in ("model-symbol.json", "model-0000.params"):
+        for name in (SYMBOL, PARAMS):
             os.replace(os.path.join(tmp, name), out / name)
-    write_text_atomic(out / "classes.txt", "".join(c + "\n" for c in classes))
-    write_json_atomic(out / "export.json", {
-        "kit_export": EXPORT_FORMAT, "data_shape": [size, size], "mean": list(MEAN_RGB), "std": list(STD_RGB),
+    write_text_atomic(out / CLASSES, "".join(c + "\n" for c in classes))
+    write_json_atomic(out / META, {
+        "kit_export": EXPORT_FORMAT, "data_shape": [size, size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "classes": classes, "model": cfg.model, "weights": params.name, "run": str(run.path),
         "nms": {"thresh": NMS_THRESH, "topk": NMS_TOPK, "post_nms": POST_NMS}})
     return out
@@ -71,8 +108,8 @@ def _check_roundtrip(folder, probe, want):
     not by the judges."""
     import mxnet as mx
 
-    net = mx.gluon.SymbolBlock.imports(os.path.join(folder, "model-symbol.json"), ["data"],
-                                       os.path.join(folder, "model-0000.params"), ctx=mx.cpu())
+    net = mx.gluon.SymbolBlock.imports(os.path.join(folder, SYMBOL), ["data"], os.path.join(folder, PARAMS),
+                                       ctx=mx.cpu())
     got = [o.asnumpy() for o in net(probe)]
     for g, w in zip(got, want):
         if g.shape != w.shape or not np.allclose(g, w, rtol=1e-3, atol=1e-3):

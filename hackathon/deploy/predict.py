@@ -25,10 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_bytes_atomic
 
-DEFAULT_SHAPE = [512, 512]
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-KEEP = 0.01  # lowest score written to the predictions file: mAP needs the low-score tail (GluonCV, COCO)
+from hackathon.core.constants import KEEP_SCORE
 
 
 @dataclass
@@ -42,7 +39,7 @@ class Detector:
     ctx: object
     source: str = ""
 
-    def detect(self, image, threshold=KEEP):
+    def detect(self, image, threshold=KEEP_SCORE):
         """Detections with score >= `threshold` on an upright RGB PIL image, best first:
         [{"label", "score", "bbox": [xmin, ymin, xmax, ymax]}] in the image's pixels."""
         import mxnet as mx
@@ -76,13 +73,15 @@ def load_detector(export_dir, ctx=None) -> Detector:
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise KitError(f"{display(export_dir)}: no such export folder. Fix: give the folder `hack export` wrote.")
-    symbol, params = export_dir / "model-symbol.json", export_dir / "model-0000.params"
-    for f in (symbol, params, export_dir / "classes.txt"):
+    from hackathon.deploy.export import CLASSES, META, PARAMS, REQUIRED_FILES, SYMBOL
+
+    symbol, params = export_dir / SYMBOL, export_dir / PARAMS
+    for f in (export_dir / name for name in REQUIRED_FILES):
         if not f.is_file():
             raise KitError(f"{display(f)}: missing from the export. Fix: run `hack export` again "
-                           "(it writes model-symbol.json, model-0000.params and classes.txt).")
-    classes = read_classes(export_dir / "classes.txt")
-    meta = _read_export_json(export_dir / "export.json", classes)
+                           f"(it writes {', '.join(REQUIRED_FILES)}).")
+    classes = read_classes(export_dir / CLASSES)
+    meta = _read_export_json(export_dir / META, classes)
     ctx = ctx or mx.cpu()
     try:
         with warnings.catch_warnings():
@@ -98,24 +97,18 @@ def load_detector(export_dir, ctx=None) -> Detector:
 
 
 def _read_export_json(path, classes):
-    meta = {"data_shape": DEFAULT_SHAPE, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "classes": classes}
-    if not path.is_file():
-        return meta  # exported by hand from GluonCV: its defaults
+    """export.json read leniently (any input size): a team's own export, or none (GluonCV's defaults)."""
+    from hackathon.deploy.export import check_meta
+
     try:
-        meta.update(json.loads(path.read_text("utf-8")))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise KitError(f"{display(path)}: not valid JSON ({e}). Fix: export again with `hack export`.") from None
-    shape, mean, std = meta["data_shape"], meta["mean"], meta["std"]
-    ok = (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)
-          and all(isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v) for v in (mean, std))
-          and all(x > 0 for x in std))
-    if not ok:
-        raise KitError(f"{display(path)}: data_shape must be [H, W] and mean/std three numbers each. "
-                       "Fix: export again with `hack export`.")
-    if meta["classes"] != classes:
-        raise KitError(f"{display(path)}: its classes {meta['classes']} differ from classes.txt {classes}. "
-                       "Fix: export again, or make classes.txt list the classes in the model's order.")
-    return meta
+        meta = json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise KitError(f"{display(path)}: not valid JSON ({str(e)[:100]}). Fix: export again with `hack export`.") from None
+    try:
+        return check_meta(meta, classes, strict=False)
+    except ValueError as e:
+        raise KitError(f"{display(path)}: {e}. Fix: export again with `hack export` (classes.txt must list the "
+                       "model's classes in its order).") from None
 
 
 def collect_images(sources):
@@ -143,7 +136,7 @@ def image_name(path, root) -> str:
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
 
 
-def predict_images(detector, image_paths, root, threshold=KEEP, progress=True, failed=None, on_image=None):
+def predict_images(detector, image_paths, root, threshold=KEEP_SCORE, progress=True, failed=None, on_image=None):
     """Rows ({"image", "label", "score", "bbox"}) for every photo, named relative to `root`.
 
     An unreadable photo raises KitError, or, when a `failed` list is given, is appended to it as
@@ -203,7 +196,7 @@ def save_image(im, path):
     write_bytes_atomic(path, buf.getvalue())
 
 
-def run_predict(export_dir, sources, out, threshold=0.3, keep=KEEP, progress=True):
+def run_predict(export_dir, sources, out, threshold=0.3, keep=KEEP_SCORE, progress=True):
     """`hack predict`: out/predictions.json + .csv (scores >= keep) and out/images/NAME drawn (>= threshold).
     Returns (rows, failed [(path, message)], drawn image count)."""
     from hackathon.deploy.predictions import write_predictions

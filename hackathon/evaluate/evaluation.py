@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hackathon.evaluate.metrics import METRICS, bootstrap_weights, match
+from hackathon.evaluate.metrics import METRIC_NAMES as NAMES, METRICS, bootstrap_weights, match, percentile_interval
+from hackathon.core.constants import KEEP_SCORE
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 SIZE_BUCKETS = (("small", 0.0, 0.1), ("medium", 0.1, 0.3), ("large", 0.3, np.inf))
-NAMES = {"voc07_map50": "VOC07 mAP@0.5", "voc_map50": "VOC mAP@0.5", "coco_map": "COCO AP@[.5:.95]",
-         "coco_map50": "COCO AP50"}
 SET_KEYS = ("in_scene", "shift")
 
 
@@ -95,7 +94,7 @@ def _detect_all(detector, truth, progress):
 
     rows = []
     for name in tqdm(truth.images, desc=f"detect {Path(truth.source).name}", unit="img", disable=not progress):
-        rows += [{"image": name, **r} for r in detector.detect(truth.open_image(name), threshold=0.01)]
+        rows += [{"image": name, **r} for r in detector.detect(truth.open_image(name), threshold=KEEP_SCORE)]
     return rows
 
 
@@ -142,12 +141,8 @@ def _nanmean_rows(a):
 
 
 def _ci(values):
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return None
-    lo, hi = np.percentile(v, [2.5, 97.5])
-    return [float(lo), float(hi)]
+    lo, hi = percentile_interval(values)
+    return None if lo is None else [lo, hi]
 
 
 def _sub(a, b):

@@ -52,11 +52,11 @@ def preprocess(image):
     """An upright RGB PIL image -> float32 (3, 224, 224), ImageNet-normalized."""
     from PIL import Image
 
-    from hackathon.train.weights import MEAN_RGB, STD_RGB
+    from hackathon.core.constants import IMAGENET_MEAN, IMAGENET_STD
 
     im = image.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR, reducing_gap=2.0)
     x = np.asarray(im, dtype=np.float32) / 255.0
-    x = (x - np.asarray(MEAN_RGB, np.float32)) / np.asarray(STD_RGB, np.float32)
+    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     return x.transpose(2, 0, 1)
 
 

@@ -44,7 +44,25 @@ import warnings
 import numpy as np
 
 METRICS = ("voc07_map50", "voc_map50", "coco_map", "coco_map50")
+# How each metric is named to people: reports, the board, the live page.
+METRIC_NAMES = {"voc07_map50": "VOC07 mAP@0.5", "voc_map50": "VOC mAP@0.5 (area)", "coco_map": "COCO AP@[.5:.95]",
+                "coco_map50": "COCO AP50"}
 VOC_IOU = 0.5
+CI_LEVEL = 0.95  # every interval the kit reports: eval, the board, ties
+
+
+def percentile_interval(values, level=CI_LEVEL):
+    """The central `level` percentile interval of bootstrap values (non-finite ones left out), or
+    (None, None) when none is finite."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return None, None
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(v, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 VOC07_RECALLS = np.arange(0.0, 1.1, 0.1)  # GluonCV's 11 points, float error included
 COCO_IOUS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
 COCO_RECALLS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1)

@@ -280,7 +280,10 @@ MOST_LIKE, LEAST_LIKE, ROC_PNG = "most-like-test.png", "least-like-test.png", "r
 
 def measure_shift(train_dir, test_dir, out, folds=FOLDS, permutations=PERMUTATIONS, clip=CLIP, l2=L2,
                   seed=0, progress=True, featurize=None):
-    """Compare the photos below `train_dir` with those below `test_dir` and write the report to `out`.
+    """Compare the photos below `train_dir` with those below `test_dir`; returns a ShiftResult.
+
+    `out` is the report folder: photos inside it are never read as either scene's, and the
+    features are cached there. The caller writes the report (:func:`shift_report.write_report`).
 
     `featurize(paths) -> hackathon.evaluate.features.Features` replaces the backbone (tests, other
     backbones); by default vectors are cached in ``out/features-cache.npz``. Unreadable photos are
@@ -324,8 +327,5 @@ def measure_shift(train_dir, test_dir, out, folds=FOLDS, permutations=PERMUTATIO
     result = ShiftResult(train_dir, test_dir, kept_train, kept_test, clf["auc"], clf["p_value"], permutations,
                          clf["folds"], clf["null_aucs"], train_logits, test_logits, (a, b), kid_mean, kid_std,
                          kid_subset_size(len(X_train), len(X_test)), beta, ess, clip, feats.skipped)
-    from hackathon.evaluate.shift_report import write_report
-
-    write_report(result, out)
     return result
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display
+from labeling.recordio import parse_detection_label
 
 CLASS_FILES = ("classes.txt", "labels.txt")
 
@@ -270,16 +271,11 @@ def _read_rec(rec: Path, classes):
     try:
         for k in sorted(reader.keys):
             header, payload = mx.recordio.unpack(reader.read_idx(k))
-            label = np.asarray(header.label, dtype=np.float64).ravel()
-            if label.size < 2 or int(label[0]) < 2 or int(label[1]) < 5 or (label.size - int(label[0])) % int(label[1]):
-                raise KitError(f"{display(rec)}: record {k} is not in the detection layout [4, 5, w, h, ...]. "
-                               "Fix: pack it with `hack pack`.")
-            hl, width = int(label[0]), int(label[1])
-            if hl >= 4 and label[2] > 0 and label[3] > 0:
-                w, h = int(label[2]), int(label[3])
-            else:
-                w, h = Image.open(io.BytesIO(payload)).size
-            rows = label[hl:].reshape(-1, width)
+            try:
+                _, width, size, rows = parse_detection_label(header.label)
+            except ValueError as e:
+                raise KitError(f"{display(rec)}: record {k} is {e}. Fix: pack it with `hack pack`.") from None
+            w, h = size or Image.open(io.BytesIO(payload)).size
             name = names.get(k, f"record-{k:06d}.jpg")
             cls = rows[:, 0].astype(np.int64)
             if len(cls) and (cls.min() < 0 or cls.max() >= len(rec_classes or classes)):

@@ -16,9 +16,8 @@ import io
 from pathlib import Path
 
 from hackathon.core.fileutil import write_text_atomic
+from hackathon.evaluate.metrics import METRIC_NAMES
 
-METRIC_NAMES = {"voc07_map50": "VOC07 mAP@0.5", "voc_map50": "VOC mAP@0.5 (area)",
-                "coco_map": "COCO AP@[.5:.95]", "coco_map50": "COCO AP50"}
 CSV_COLUMNS = ("rank", "team", "status", "score", "score_lo", "score_hi", "tie_with_above", "coco_map",
                "in_scene", "gap", "retention", "kind", "sha256", "message")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -10,7 +10,8 @@ the model only ever runs in a child process (hackathon/judge/sandbox.py).
 import json
 import struct
 
-from hackathon.judge.submissions import Refused
+from hackathon.core.errors import Refused
+from hackathon.deploy.export import CLASSES, META, PARAMS, SYMBOL, check_meta
 
 MX_NDARRAY_LIST_MAGIC = 0x112  # first 8 bytes of an mx.nd.save file (kMXAPINDArrayListMagic)
 # Registered operators that call back into Python (mx.operator.CustomOp, autograd.Function).
@@ -21,7 +22,7 @@ def check_export(files):
     """Check an exported model's files without running anything: the symbol is a graph with the
     ``data`` input and three outputs, the params file is mxnet's NDArray list (not a pickle), the
     class list and export.json are sane. The model itself only ever runs in a child process."""
-    graph = _read_json(files["model-symbol.json"], 64)
+    graph = _read_json(files[SYMBOL], 64)
     nodes = graph.get("nodes") if isinstance(graph, dict) else None
     if not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("op"), str)
                                               and isinstance(n.get("name"), str) for n in nodes):
@@ -42,16 +43,16 @@ def check_export(files):
     if unknown:
         raise Refused(f"model-symbol.json uses operators MXNet 1.9.1 does not have ({', '.join(unknown[:5])}); "
                       "export with the kit's mxnet.")
-    with open(files["model-0000.params"], "rb") as f:
+    with open(files[PARAMS], "rb") as f:
         head = f.read(16)
     if len(head) < 16 or struct.unpack("<Q", head[:8])[0] != MX_NDARRAY_LIST_MAGIC:
         kind = " (it looks like a pickle)" if head[:1] == b"\x80" else (" (it looks like a zip/torch file)"
                                                                      if head[:2] == b"PK" else "")
         raise Refused(f"model-0000.params is not an MXNet parameter file{kind}; write it with `hack export` "
                       "(net.export), the judges never unpickle.")
-    classes = check_classes(files["classes.txt"])
-    if "export.json" in files:
-        check_export_json(_read_json(files["export.json"], 1), classes)
+    classes = check_classes(files[CLASSES])
+    if META in files:
+        check_export_json(_read_json(files[META], 1), classes)
     return classes
 
 
@@ -69,22 +70,13 @@ def check_classes(path):
 
 
 def check_export_json(meta, classes):
-    def numbers(v, n):
-        return isinstance(v, list) and len(v) == n and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e6 for x in v)
-
+    """export.json held to the export contract, strictly: the judges run it on their machine."""
     if not isinstance(meta, dict):
         raise Refused("export.json is not a JSON object; copy it from `hack export` or leave it out.")
-    shape = meta.get("data_shape", [512, 512])
-    if not (numbers(shape, 2) and all(isinstance(x, int) and 32 <= x <= 2048 for x in shape)):
-        raise Refused(f"export.json: data_shape {str(shape)[:40]} is not [H, W] with 32..2048 pixels each.")
-    for key in ("mean", "std"):
-        if key in meta and not numbers(meta[key], 3):
-            raise Refused(f"export.json: {key} must be three numbers (RGB).")
-    if "std" in meta and any(x <= 0 for x in meta["std"]):
-        raise Refused("export.json: std must be positive.")
-    if "classes" in meta and meta["classes"] != classes:
-        raise Refused("export.json's classes differ from classes.txt; export again so both list the same classes.")
+    try:
+        check_meta(meta, classes, strict=True)
+    except ValueError as e:
+        raise Refused(f"export.json: {e}; export again so both files come from one `hack export`.") from None
 
 
 def _read_json(path, max_mb):

@@ -12,20 +12,9 @@ Example
 """
 import numpy as np
 
-LEVEL = 0.95
+from hackathon.evaluate.metrics import CI_LEVEL, percentile_interval
 
-
-def interval(boot, level=LEVEL):
-    """The central ``level`` percentile interval of bootstrap scores, or (None, None) without any."""
-    boot = np.asarray(boot, dtype=np.float64)
-    if boot.size == 0:
-        return None, None
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(boot, [tail, 100 - tail])
-    return float(lo), float(hi)
-
-
-def paired_tie(boot_a, boot_b, level=LEVEL):
+def paired_tie(boot_a, boot_b, level=CI_LEVEL):
     """True when the ``level`` interval of the paired difference a - b contains 0.
 
     Without bootstrap scores for both (or of different lengths) nothing can be said: False.
@@ -33,7 +22,7 @@ def paired_tie(boot_a, boot_b, level=LEVEL):
     a, b = np.asarray(boot_a, dtype=np.float64), np.asarray(boot_b, dtype=np.float64)
     if a.size == 0 or a.shape != b.shape:
         return False
-    lo, hi = interval(a - b, level)
+    lo, hi = percentile_interval(a - b, level)
     return lo <= 0.0 <= hi
 
 

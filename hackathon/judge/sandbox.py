@@ -11,10 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hackathon.judge.submissions import Refused
+from hackathon.core.constants import KEEP_SCORE
+from hackathon.core.errors import Refused
 
 
-def run_model(export_dir, truth_path, out_json, timeout_s=1800.0, threshold=0.01):
+def run_model(export_dir, truth_path, out_json, timeout_s=1800.0, threshold=KEEP_SCORE):
     """Predict on every image of the truth at ``truth_path``; return (out_json, dropped rows)."""
     cmd = [sys.executable, "-m", "hackathon.judge.sandbox", str(export_dir), str(truth_path), str(out_json), str(threshold)]
     try:

@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from hackathon.judge import history
 from hackathon.judge.board import write_board
-from hackathon.judge.ranking import interval
-from hackathon.judge.submissions import Limits, Refused, discover, open_submission
-from hackathon.core.errors import KitError
+from hackathon.evaluate.metrics import percentile_interval
+from hackathon.judge.submissions import Limits, discover, open_submission
+from hackathon.core.errors import KitError, Refused
 from hackathon.core.fileutil import display
 
 DEFAULT_BOOT = 1000  # resamples: the 2.5% tails rest on 25 draws each
@@ -147,7 +147,7 @@ def _scores(preds, ctx):
     matches = match(ctx["truth"], preds)
     summary = matches.summary()
     boot = matches.score_many(ctx["metric"], ctx["weights"])  # every resample at once
-    lo, hi = interval(boot)
+    lo, hi = percentile_interval(boot)
     return {"status": "ok", "score": float(summary[ctx["metric"]]), "lo": lo, "hi": hi,
             "coco": float(summary["coco_map"]), "summary": _plain(summary), "boot": boot}
 

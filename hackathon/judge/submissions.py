@@ -25,12 +25,15 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from hackathon.core.errors import Refused
 from hackathon.core.fileutil import display
+from hackathon.deploy.export import OPTIONAL_FILES, REQUIRED_FILES, SYMBOL
+from hackathon.judge.model_check import check_export
 
 PREDICTION_FILES = ("predictions.json", "predictions.csv")
 IN_SCENE_FILES = ("predictions-in-scene.json", "predictions-in-scene.csv")
-MODEL_FILES = ("model-symbol.json", "model-0000.params", "classes.txt")
-OPTIONAL_MODEL_FILES = ("export.json",)
+MODEL_FILES = REQUIRED_FILES  # the export contract's (hackathon.deploy.export)
+OPTIONAL_MODEL_FILES = OPTIONAL_FILES
 KNOWN = PREDICTION_FILES + IN_SCENE_FILES + MODEL_FILES + OPTIONAL_MODEL_FILES
 # What a team might send instead of an export; named in the message so they know what to do.
 CODE_OR_PICKLE = (".py", ".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".h5", ".sh", ".ipynb")
@@ -76,16 +79,12 @@ class Submission:
         if self.kind == "predictions":
             return next(self.files[n] for n in PREDICTION_FILES if n in self.files)
         if self.kind == "model":
-            return self.files["model-symbol.json"].parent
+            return self.files[SYMBOL].parent
         return None
 
     @property
     def in_scene_path(self):
         return next((self.files[n] for n in IN_SCENE_FILES if n in self.files), None)
-
-
-class Refused(Exception):
-    """A submission that cannot be scored; the message is shown to the team."""
 
 
 def discover(folder):
@@ -144,8 +143,6 @@ def open_submission(sub, workdir, limits):
                 raise Refused(f"{name} is past the cap of {limits.max_predictions_mb:g} MB for a predictions "
                               "file; keep at most 100 boxes an image (hack predict --threshold).")
         if sub.kind == "model":
-            from hackathon.judge.model_check import check_export
-
             check_export(sub.files)
     except Refused as e:
         sub.error = str(e)

