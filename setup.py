@@ -5,11 +5,17 @@ numpy>=1.24 breaks `import mxnet` (np.bool); numpy 1.23 has no wheel past Python
 gluoncv pulls in opencv-python, whose bundled Qt plugins stop labelme's window from starting:
 `make setup` swaps it for opencv-python-headless (same cv2 module, no Qt).
 """
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# One version, the package's own (hackathon/__init__.py), read without importing the kit.
+VERSION = re.search(r'__version__ = "(.+?)"', (Path(__file__).parent / "hackathon" / "__init__.py").read_text()).group(1)
 
 setup(
     name="hackathon-kit",
-    version="0.1.0",
+    version=VERSION,
     description="Phone photos to a judged GluonCV SSD detector in one evening",
     packages=find_packages(include=["labeling", "labeling.*", "hackathon", "hackathon.*"]),
     package_data={"labeling": ["GUIDE.md", "labelme_config.yaml", "capture_page.html", "sample/*", "sample/*/*"]},

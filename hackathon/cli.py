@@ -250,7 +250,7 @@ def show_cmd(rec, out, count, seed):
     click.echo(f"{len(shown)} samples drawn in {out}")
 
 
-# ---- model side: train, export (issue 3) ----
+# ---- model side: train, export ----
 
 @cli.command("train")
 @click.argument("data", type=click.Path(file_okay=False, path_type=Path))
@@ -338,7 +338,7 @@ def export_cmd(run, out, weights):
                f"Next: hack eval {folder} --data TEST")
 
 
-# ---- evaluation: eval, predict (issue 4) ----
+# ---- evaluation: eval, predict ----
 
 @cli.command("eval")
 @click.argument("export", required=False, type=click.Path(file_okay=False, path_type=Path))
@@ -414,7 +414,7 @@ def predict_cmd(export, images, out, threshold, keep):
         sys.exit(1)
 
 
-# ---- scene shift: shift (issue 4) ----
+# ---- scene shift: shift ----
 
 @cli.command("shift")
 @click.argument("train_images", type=click.Path(path_type=Path))
@@ -452,7 +452,7 @@ def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed):
         sys.exit(1)
 
 
-# ---- judging: score, leaderboard (issue 5) ----
+# ---- judging: score, leaderboard ----
 
 
 @cli.command("score")
@@ -536,7 +536,7 @@ def leaderboard_serve_cmd(db_path, port, host, refresh_s):
 
     serve(db_path, host=host, port=port, refresh_s=refresh_s, echo=click.echo)
 
-# ---- capture station: capture (issue 6) ----
+# ---- capture station: capture ----
 
 
 @cli.command("capture")

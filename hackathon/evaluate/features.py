@@ -1,8 +1,8 @@
 """What the pretrained backbone sees in a photo: one 1280-d vector, for comparing scenes.
 
 Each photo is read upright (:func:`labeling.photos.open_upright`), resized whole to 224x224
-ignoring its aspect ratio (as the detector resizes to 512x512: nothing at the edges is cropped
-away), scaled to 0..1, normalized with ImageNet's mean/std, and run through ``mobilenetv2_1.0``'s
+ignoring its aspect ratio (as the detector resizes to its square input: nothing at the edges is
+cropped away), scaled to 0..1, normalized with ImageNet's mean/std, and run through ``mobilenetv2_1.0``'s
 ``features`` with torchvision's ImageNet weights. The output is the globally average-pooled last
 layer (after its ReLU6): 1280 non-negative numbers a photo.
 

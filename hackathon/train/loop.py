@@ -2,7 +2,9 @@
 
 The loop is GluonCV's SSD recipe (``train_ssd.py``): ``SSDMultiBoxLoss`` with hard negative mining,
 targets made in DataLoader workers, ``split_and_load`` over the devices, a statically hybridized
-net, ``trainer.step(1)`` as the loss is already normalized by the positives of the whole batch.
+net, ``trainer.step(num_workers)``: the loss is already normalized by the positives of each
+worker's batch, so the step only averages the gradients the ``dist_sync`` kvstore sums over
+machines (one machine: ``step(1)``).
 What the kit adds for an evening on a laptop: augmentation that fights a scene change
 (:mod:`hackathon.train.augment`), a warm-up then cosine learning rate, an optional frozen stem (the
 ImageNet backbone's first blocks, whose low-level filters a few hundred photos cannot improve:
