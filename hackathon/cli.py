@@ -320,22 +320,40 @@ def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr,
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="The export folder.")
 @click.option("--weights", default="best", show_default=True, type=click.Choice(["best", "last"]))
-def export_cmd(run, out, weights):
+@click.option("--int8", is_flag=True, help="Also write an INT8 graph (oneDNN, Linux), kept only if its val mAP@0.5 "
+              "is within 0.01 of fp32.")
+@click.option("--calib", type=click.Path(file_okay=False, path_type=Path),
+              help="With --int8: calibrate on these photos (default: the run's training photos).")
+@click.option("--calib-mode", default="naive", show_default=True, type=click.Choice(["naive", "entropy"]),
+              help="With --int8: how activation ranges are set (min/max, or KL-divergence thresholds).")
+def export_cmd(run, out, weights, int8, calib, calib_mode):
     """Export a run's best weights for deployment and scoring.
 
     Writes model-symbol.json + model-0000.params (load with mx.gluon.SymbolBlock.imports),
     classes.txt and export.json (input size and normalization). The export is loaded back and
-    checked against the trained net before it is written.
+    checked against the trained net before it is written. With --int8, model-int8-symbol.json +
+    model-int8-0000.params beside them after the check on the run's validation photos;
+    hack predict, hack eval and the judges then run INT8 where the machine can.
 
     \b
     Example:
       hack export run --out export
+      hack export run --out export --int8        # + the INT8 graph, if it keeps its accuracy
     """
     from hackathon.deploy.export import export_run
 
+    if (calib or calib_mode != "naive") and not int8:
+        raise KitError("--calib and --calib-mode go with --int8. Fix: add --int8, or drop them.")
     folder = export_run(run, out, weights=weights)
     click.echo(f"exported {run}/{weights}.params to {folder} (model-symbol.json, model-0000.params, classes.txt). "
                f"Next: hack eval {folder} --data TEST")
+    if int8:
+        from hackathon.deploy.int8 import describe, quantize_run_export
+
+        report = quantize_run_export(folder, calib_dir=calib, calib_mode=calib_mode)
+        click.echo(describe(report))
+        if not report.kept:
+            sys.exit(1)
 
 
 # ---- evaluation: eval, predict ----
@@ -384,13 +402,17 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
 
 @cli.command("predict")
 @click.argument("export", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (required but with --benchmark).")
 @click.option("--threshold", default=0.3, show_default=True, type=float,
               help="Lowest score drawn on the images.")
 @click.option("--keep", default=KEEP_SCORE, show_default=True, type=float,
               help="Lowest score written to the predictions file (mAP needs the low-score tail; judges score this file).")
-def predict_cmd(export, images, out, threshold, keep):
+@click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "int8", "fp32"]),
+              help="Which graph runs: auto = INT8 where the export has one and this machine can run it.")
+@click.option("--benchmark", is_flag=True, help="Only time each graph of EXPORT: ms per image at batch 1, images/s at "
+              "batch 8 (IMAGES are not read).")
+def predict_cmd(export, images, out, threshold, keep, precision, benchmark):
     """Run the exported model EXPORT on IMAGES (photos or folders of photos).
 
     Writes OUT/predictions.json and OUT/predictions.csv (images named relative to the folder given,
@@ -403,9 +425,17 @@ def predict_cmd(export, images, out, threshold, keep):
       hack predict export test-photos/ --out predictions
       hack eval --predictions predictions/predictions.json --data test-photos --out report
     """
-    from hackathon.deploy.predict import run_predict
+    from hackathon.deploy.predict import benchmark as time_graphs, run_predict
 
-    rows, failed, drawn = run_predict(export, images, out, threshold=threshold, keep=keep)
+    if benchmark:
+        for r in time_graphs(export):
+            click.echo(f"{r['graph']:<22} batch {r['batch']}: {r['ms_per_image']:7.1f} ms/image  "
+                       f"{r['images_per_s']:6.1f} images/s")
+        return
+    if not images or out is None:
+        raise click.UsageError("give IMAGES and --out (or --benchmark).")
+    rows, failed, drawn = run_predict(export, images, out, threshold=threshold, keep=keep, precision=precision,
+                                      echo=click.echo)
     for path, message in failed:
         click.secho(f"error: {message}", fg="red", err=True)
     click.echo(f"{len(rows)} detection(s) on {drawn} photo(s) in {out / 'predictions.json'} (and .csv); "

@@ -38,21 +38,27 @@ class Detector:
     std: tuple
     ctx: object
     source: str = ""
+    precision: str = "fp32"  # the graph that runs: "int8", "fp32 (oneDNN fused)" or "fp32"
 
-    def detect(self, image, threshold=KEEP_SCORE):
-        """Detections with score >= `threshold` on an upright RGB PIL image, best first:
-        [{"label", "score", "bbox": [xmin, ymin, xmax, ymax]}] in the image's pixels."""
+    def preprocess(self, image):
+        """An upright RGB PIL image as the net's (1, 3, H, W) input: exactly SSDDefaultValTransform."""
         import mxnet as mx
         from mxnet.image.image import _get_interp_method  # what gluoncv's timage.imresize calls
 
         H, W = self.data_shape
         w, h = image.size
-        # exactly SSDDefaultValTransform: interp 9 = area when shrinking, cubic when enlarging
+        # interp 9 = area when shrinking, cubic when enlarging
         x = mx.nd.array(np.asarray(image.convert("RGB")), dtype="uint8")
         x = mx.image.imresize(x, W, H, interp=_get_interp_method(9, (h, w, H, W)))
         x = mx.nd.image.normalize(mx.nd.image.to_tensor(x), mean=tuple(self.mean), std=tuple(self.std))
-        x = x.expand_dims(0).as_in_context(self.ctx)
-        ids, scores, boxes = (o[0].asnumpy() for o in self.net(x))
+        return x.expand_dims(0).as_in_context(self.ctx)
+
+    def detect(self, image, threshold=KEEP_SCORE):
+        """Detections with score >= `threshold` on an upright RGB PIL image, best first:
+        [{"label", "score", "bbox": [xmin, ymin, xmax, ymax]}] in the image's pixels."""
+        H, W = self.data_shape
+        w, h = image.size
+        ids, scores, boxes = (o[0].asnumpy() for o in self.net(self.preprocess(image)))
         ids, scores = ids.reshape(-1), scores.reshape(-1).astype(np.float64)
         boxes = boxes.reshape(-1, 4).astype(np.float64) * [w / W, h / H, w / W, h / H]
         # rounded before judging, so a box that rounding makes empty is dropped here, not rejected later
@@ -64,8 +70,17 @@ class Detector:
                 for c, s, b in zip(ids[keep][order], scores[keep][order], boxes[keep][order])]
 
 
-def load_detector(export_dir, ctx=None) -> Detector:
-    """Read EXPORT/ (model-symbol.json, model-0000.params, classes.txt, export.json when present)."""
+PRECISIONS = ("auto", "int8", "fp32")
+
+
+def load_detector(export_dir, ctx=None, precision="auto", files=None, fuse=True) -> Detector:
+    """Read EXPORT/ (model-symbol.json, model-0000.params, classes.txt, export.json when present).
+
+    `precision`: "auto" runs the export's INT8 graph where it has one and this MXNet can run it
+    (oneDNN), else fp32; "int8" insists on it; "fp32" never uses it. On a CPU with oneDNN the fp32
+    graph is fused (conv + batchnorm + relu as one operator; the same numbers). `files` (symbol,
+    params) replaces the graph (the INT8 check of `hack export --int8`). `Detector.precision` says
+    which ran."""
     import mxnet as mx
 
     from labeling.workspace import read_classes
@@ -83,17 +98,94 @@ def load_detector(export_dir, ctx=None) -> Detector:
     classes = read_classes(export_dir / CLASSES)
     meta = _read_export_json(export_dir / META, classes)
     ctx = ctx or mx.cpu()
+    graph = _choose_graph(export_dir, meta, precision, ctx) if files is None else "int8"
+    if graph == "int8" and files is None:
+        symbol, params = export_dir / meta["int8"]["symbol"], export_dir / meta["int8"]["params"]
+    elif files is not None:
+        symbol, params = files
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Cannot decide type", category=UserWarning)
             net = mx.gluon.SymbolBlock.imports(str(symbol), ["data"], str(params), ctx=ctx)
     except (mx.base.MXNetError, ValueError, AssertionError, OSError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise KitError(f"{display(export_dir)}: model-symbol.json / model-0000.params cannot be loaded ({first}). "
+        raise KitError(f"{display(export_dir)}: {symbol.name} / {params.name} cannot be loaded ({first}). "
                        "Fix: export again with `hack export`; both files must come from the same export.") from None
+    if graph == "fp32" and fuse and _fusable(ctx):
+        net.optimize_for(mx.nd.zeros((1, 3, *meta["data_shape"]), ctx=ctx), backend="MKLDNN")
+        graph = "fp32 (oneDNN fused)"
+    else:
+        net.hybridize(static_alloc=True)
     return Detector(net=net, classes=classes, data_shape=tuple(meta["data_shape"]),
                     mean=tuple(map(float, meta["mean"])), std=tuple(map(float, meta["std"])),
-                    ctx=ctx, source=display(export_dir))
+                    ctx=ctx, source=display(export_dir), precision=graph)
+
+
+def _fusable(ctx):
+    import mxnet as mx
+
+    return ctx.device_type == "cpu" and mx.runtime.Features().is_enabled("MKLDNN")
+
+
+def benchmark(export_dir, batches=(1, 8), repeat=10):
+    """Speed of each graph the export has here: [{"graph", "batch", "ms_per_image", "images_per_s"}].
+
+    The net alone on a fixed input (no photo decoding), after two warm-up passes, median of
+    `repeat` timed passes."""
+    import time
+
+    import mxnet as mx
+
+    graphs = [("fp32", dict(precision="fp32", fuse=False))]
+    if _fusable(mx.cpu()):
+        graphs.append(("fp32 (oneDNN fused)", dict(precision="fp32")))
+    meta = json.loads((Path(export_dir) / "export.json").read_text("utf-8")) if (Path(export_dir) / "export.json").is_file() else {}
+    if meta.get("int8"):
+        graphs.append(("int8", dict(precision="int8")))
+    rows = []
+    for name, how in graphs:
+        det = load_detector(export_dir, **how)
+        for b in batches:
+            x = mx.nd.random.uniform(-2, 2, (b, 3, *det.data_shape), ctx=det.ctx)
+            times = []
+            for i in range(repeat + 2):
+                t = time.perf_counter()
+                for o in det.net(x):
+                    o.wait_to_read()
+                if i >= 2:
+                    times.append(time.perf_counter() - t)
+            per = float(np.median(times)) / b
+            rows.append({"graph": name, "batch": b, "ms_per_image": 1000 * per, "images_per_s": 1 / per})
+    return rows
+
+
+def _choose_graph(export_dir, meta, precision, ctx):
+    """"int8" or "fp32" for `precision`, saying why when an INT8 graph is there but cannot run."""
+    from hackathon.deploy.int8 import int8_supported
+
+    if precision not in PRECISIONS:
+        raise KitError(f"--precision {precision}: takes {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return "fp32"
+    entry = meta.get("int8")
+    if not entry:
+        if precision == "int8":
+            raise KitError(f"{display(export_dir)}: has no INT8 graph. Fix: `hack export RUN --out "
+                           f"{display(export_dir)} --int8`, or drop --precision int8.")
+        return "fp32"
+    ok, why = int8_supported()
+    if ctx.device_type != "cpu":
+        ok, why = False, "INT8 runs on the CPU only"
+    if not ok:
+        if precision == "int8":
+            raise KitError(f"{display(export_dir)}: its INT8 graph cannot run here: {why}. Fix: --precision fp32.")
+        warnings.warn(f"{display(export_dir)}: running the fp32 graph, not INT8: {why}.", RuntimeWarning, stacklevel=3)
+        return "fp32"
+    for name in (entry.get("symbol"), entry.get("params")):
+        if not isinstance(name, str) or "/" in name or "\\" in name or not (export_dir / name).is_file():
+            raise KitError(f"{display(export_dir)}: export.json names an INT8 graph file {str(name)[:60]!r} that is "
+                           "not in the folder. Fix: export again with `hack export --int8`, or --precision fp32.")
+    return "int8"
 
 
 def _read_export_json(path, classes):
@@ -196,13 +288,15 @@ def save_image(im, path):
     write_bytes_atomic(path, buf.getvalue())
 
 
-def run_predict(export_dir, sources, out, threshold=0.3, keep=KEEP_SCORE, progress=True):
+def run_predict(export_dir, sources, out, threshold=0.3, keep=KEEP_SCORE, progress=True, precision="auto", echo=None):
     """`hack predict`: out/predictions.json + .csv (scores >= keep) and out/images/NAME drawn (>= threshold).
     Returns (rows, failed [(path, message)], drawn image count)."""
     from hackathon.deploy.predictions import write_predictions
 
     out = Path(out)
-    detector = load_detector(export_dir)
+    detector = load_detector(export_dir, precision=precision)
+    if echo:
+        echo(f"running the {detector.precision} graph of {detector.source}")
     paths, root = collect_images(sources)
     failed, drawn = [], []
 
