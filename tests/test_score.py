@@ -477,3 +477,24 @@ def test_control_characters_in_a_team_name_are_spelled_out(tmp_path):
     res = score_submissions(truth, inbox, tmp_path / "out", n_boot=50)
     assert res["board"]["rows"][0]["team"] == "red\\x1b[31mteam"
     assert "\x1b" not in (tmp_path / "out" / "leaderboard.csv").read_text()
+
+
+def test_every_inbox_entry_is_on_the_board_and_case_twins_are_refused(tmp_path):
+    truth = make_truth(tmp_path / "test")
+    inbox = tmp_path / "inbox"
+    for team in ("TeamX", "teamx", "..hidden", ".dotted", "good"):
+        team_folder(inbox, team, preds())
+    (inbox / ".DS_Store").write_text("")  # a file browser's litter is no team
+    (inbox / "._good").write_bytes(b"\x00\x05\x16\x07")  # nor is macOS metadata beside a folder
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["score", "--truth", str(truth), "--submissions", str(inbox), "--out", str(out),
+                                 "--bootstrap", "50"])
+    assert r.exit_code == 0, r.output
+    assert "3 of 5 submissions scored (2 invalid)" in r.output
+    rows = {row["team"]: row for row in csv.DictReader((out / "leaderboard.csv").open(encoding="utf-8"))}
+    assert sorted(rows) == sorted(["TeamX", "teamx", "..hidden", ".dotted", "good"])
+    assert rows["..hidden"]["status"] == rows[".dotted"]["status"] == rows["good"]["status"] == "ok"
+    for twin in ("TeamX", "teamx"):
+        assert rows[twin]["status"] == "invalid" and rows[twin]["rank"] == ""
+        assert "'TeamX' and 'teamx' differ only in case" in rows[twin]["message"]
+    assert "teamx" in r.output  # the judges hear of it while scoring, not only in the files
