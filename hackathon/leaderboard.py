@@ -207,27 +207,62 @@ def latest_run_id(db):
 
 
 def board(db, run_id):
-    """The ranked board of one run: {"run": {...}, "rows": [ranked dicts]} (see ranking.rank)."""
+    """The ranked board of one run alone: {"run": {...}, "rows": [ranked dicts]} (see ranking.rank)."""
     run = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     if run is None:
         return {"run": None, "rows": []}
+    rows = _result_rows(db, "rr.run_id = ?", (run_id,))
+    return {"run": _run_dict(run), "rows": rank(rows)}
+
+
+def truth_board(db, config):
+    """The board for one truth: every team's latest result under ``config`` (the truth, in-scene
+    set, metric and bootstrap settings), ranked, whichever run scored it.
+
+    A team's latest result is the one of the run last scored that saw the team; so two scorers
+    sharing a history each add their teams to one board, and a resubmission replaces the team's
+    row. "run" is the run last scored under ``config`` (metric, image count, classes, times).
+    """
+    run = db.execute("SELECT * FROM runs WHERE config = ? ORDER BY last_scored_at DESC, id DESC LIMIT 1",
+                     (config,)).fetchone()
+    if run is None:
+        return {"run": None, "rows": []}
+    latest = {}
+    for row in _result_rows(db, "u.config = ?", (config,)):
+        key = (row.pop("seen_at"), row.pop("seen_run"), row["id"])
+        if row["team"] not in latest or key > latest[row["team"]][0]:
+            latest[row["team"]] = (key, row)
+    return {"run": _run_dict(run), "rows": rank([row for _, row in latest.values()])}
+
+
+def _result_rows(db, where, params):
+    """Results attached to the runs matching ``where``, one row each, with when a run last saw it."""
     rows = []
     for r in db.execute(
-            "SELECT s.team, s.sha256, s.kind, s.mtime, s.first_seen, s.first_run, r.* FROM run_results AS rr"
-            " JOIN results AS r ON r.id = rr.result_id JOIN submissions AS s ON s.id = r.submission_id"
-            " WHERE rr.run_id = ?", (run_id,)):
+            "SELECT s.team, s.sha256, s.kind, s.mtime, s.first_seen, s.first_run, r.*,"
+            " MAX(u.last_scored_at) AS seen_at, MAX(u.id) AS seen_run FROM run_results AS rr"
+            " JOIN runs AS u ON u.id = rr.run_id JOIN results AS r ON r.id = rr.result_id"
+            f" JOIN submissions AS s ON s.id = r.submission_id WHERE {where} GROUP BY r.id", params):
         row = dict(r)
         row["summary"] = json.loads(row["summary"]) if row["summary"] else None
         row["boot"] = np.frombuffer(row["boot"], dtype="<f8") if row["boot"] else np.zeros(0)
         rows.append(row)
+    return rows
+
+
+def _run_dict(run):
     run = dict(run)
     run["classes"] = json.loads(run["classes"])
-    return {"run": run, "rows": rank(rows)}
+    return run
 
 
 def latest_board(db):
+    """The board for the truth (config) of the run last scored: what the projector shows."""
     run_id = latest_run_id(db)
-    return board(db, run_id) if run_id is not None else {"run": None, "rows": []}
+    if run_id is None:
+        return {"run": None, "rows": []}
+    config = db.execute("SELECT config FROM runs WHERE id = ?", (run_id,)).fetchone()["config"]
+    return truth_board(db, config)
 
 
 def _finite(x):

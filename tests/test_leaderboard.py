@@ -263,13 +263,14 @@ def test_page_in_chromium_escapes_and_updates_live(server, tmp_path):
             "return document.querySelector('#board tbody tr.invalid').innerText")
         with pytest.raises(NoAlertPresentException):
             driver.switch_to.alert.text
-        # A score lands after the page loaded: a new run with one more team, on top.
+        # A score lands after the page loaded: another run on the same truth, one more team, on
+        # top; "late", which that run did not see, keeps its row (the board is the truth's).
         with history.connect(db_path) as db:
             run2, _ = history.start_run(db, run_row(key="run-b"))
             fill(db, run2, [("plain team", "s1", result(0.60, seed=1)), (XSS, "s2", result(0.75, seed=2)),
                             ("newcomer", "s3", result(0.90, seed=3))])
         wait.until(lambda d: teams()[:1] == ["newcomer"])
-        assert teams() == ["newcomer", XSS, "plain team"]
+        assert teams() == ["newcomer", XSS, "plain team", "late"]
         assert driver.find_elements(By.TAG_NAME, "img") == []
         assert driver.execute_script("return performance.getEntriesByType('navigation').length") == 1  # no reload
         assert "3 teams scored" in driver.execute_script("return document.getElementById('status').innerText")
