@@ -95,6 +95,33 @@ def connect(path, readonly=False):
         db.close()
 
 
+def check_history(path):
+    """Refuse (KitError) a file that is not a leaderboard history, before a server polls it.
+
+    A missing or empty file is fine: the first `hack score` creates the history.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise KitError(f"{display(path)}: a folder, not a leaderboard history. Fix: pass --db the leaderboard.db "
+                       "`hack score` wrote (it is in its --out folder).")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with connect(path, readonly=True) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            return  # a scorer holds it: it is a database, and the server retries on each poll
+        tables, e_text = None, str(e)
+    except sqlite3.DatabaseError as e:
+        tables, e_text = None, str(e)
+    else:
+        e_text = "an SQLite file without the tables of `hack score`"
+    if tables is None or (tables and "runs" not in tables):
+        raise KitError(f"{display(path)}: not a leaderboard history ({e_text}). Fix: pass --db the leaderboard.db "
+                       "`hack score` wrote (it is in its --out folder).")
+
+
 def _wal(db):
     """Switch to WAL. The switch needs the file to itself and SQLite does not wait for that with
     the busy timeout (two scorers creating one new file at once), so wait here."""

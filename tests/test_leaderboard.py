@@ -302,3 +302,41 @@ def test_cli_serve_binds_localhost_and_answers(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_cli_serve_refuses_a_file_that_is_not_a_history(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    notes = tmp_path / "notes.db"
+    notes.write_text("not sqlite, just the judges' notes " * 100)
+    other = tmp_path / "other.sqlite"  # a real SQLite file of something else
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE birds (name TEXT)")
+    con.commit()
+    con.close()
+    for path in (notes, other):
+        proc = subprocess.Popen([sys.executable, "-m", "hackathon.cli", "leaderboard", "serve", "--db", str(path),
+                                 "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            output, _ = proc.communicate(timeout=120)  # refused at start: the process ends by itself
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"hack leaderboard serve --db {path.name} started instead of refusing the file")
+        assert proc.returncode == 1, output
+        assert "Traceback" not in output and f"{path}: not a leaderboard history" in output, output
+        assert "Fix: pass --db the leaderboard.db" in output
+    assert notes.read_text().startswith("not sqlite")  # the file is left as it was
+
+
+def test_a_history_replaced_while_serving_is_said_on_the_page_not_a_traceback(server, capsys):
+    srv, db_path, base = server
+    db_path.write_text("overwritten by mistake " * 100)
+    data = json.loads(get(base + "/api/board")[2])
+    assert data["rows"] == [] and "can no longer be read" in data["error"]
+    assert "Traceback" not in capsys.readouterr().err
