@@ -340,3 +340,41 @@ def test_a_history_replaced_while_serving_is_said_on_the_page_not_a_traceback(se
     data = json.loads(get(base + "/api/board")[2])
     assert data["rows"] == [] and "can no longer be read" in data["error"]
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_api_board_publishes_no_paths_and_no_hashes(server):
+    srv, db_path, base = server
+    secret = "/srv/judges/secret-truth/hidden-test"
+    relative = "judges-only/in-scene-set"
+    sha = "5e" * 32
+    with history.connect(db_path) as db:
+        run_id, _ = history.start_run(db, run_row(truth=secret, in_scene=relative))
+        fill(db, run_id, [
+            ("a", sha, result(0.7, message=f"in-scene not scored: {relative}/img_03.jpg: no such image.")),
+            ("b", "f0" * 32, {"status": "invalid", "message": f"the exported model could not run: {secret}/img_01.jpg:"
+                                                             " cannot identify image file. Fix: check it"}),
+            ("c", "0d" * 32, {"status": "error", "message": "the scorer failed on this submission (FileNotFoundError:"
+                                                            " '/tmp/hack-score-x1/0002/scored-test.json')"})])
+    body = get(base + "/api/board")[2]
+    for leak in ("/srv", "secret-truth", "judges-only", "/tmp", "hack-score-x1", sha, "f0f0f0", "0d0d0d"):
+        assert leak not in body, (leak, body)
+    data = json.loads(body)
+    by = {r["team"]: r for r in data["rows"]}
+    assert by["a"]["rank"] == 1 and by["a"]["score"] == pytest.approx(0.7) and by["a"]["lo"] < by["a"]["hi"]
+    assert by["a"]["message"] == "in-scene not scored: in-scene-set/img_03.jpg: no such image."
+    assert by["b"]["message"].startswith("the exported model could not run: hidden-test/img_01.jpg: cannot")
+    assert "scored-test.json" in by["c"]["message"]  # what went wrong stays readable
+    assert data["run"]["metric"] == "voc07_map50" and data["run"]["n_images"] == 10 and "truth" not in data["run"]
+    # The judges' own files keep the full detail.
+    with history.connect(db_path) as db:
+        judges = to_csv(history.latest_board(db))
+    assert sha in judges and secret in judges
+
+
+def test_html_and_markdown_name_the_truth_folder_not_its_path():
+    board = board_with(["a"])
+    board["run"]["truth"] = "/srv/judges/secret-truth/hidden-test"
+    board["rows"][0]["message"] = "could not run: /srv/judges/secret-truth/hidden-test/img_01.jpg: truncated"
+    for text in (to_html(board), to_markdown(board)):
+        assert "hidden-test" in text and "/srv" not in text and "secret-truth" not in text
+    assert "/srv/judges/secret-truth/hidden-test/img_01.jpg" in to_csv(board)  # the judges' file keeps it whole
