@@ -9,6 +9,10 @@ both UNIQUE and inserted with INSERT OR IGNORE; a run is keyed by its config and
 submissions it saw, so scoring the same files again adds no row and changes no ranking (it only
 bumps the run's ``times_scored`` and ``last_scored_at``, the history of when it was looked at).
 
+The board is the truth's, not one run's (:func:`truth_board`): each team's entries in the last run
+that saw the team, among the runs of one config (truth + in-scene set + metric + bootstrap
+settings), ranked together; so scorers sharing the file build one board.
+
 Tables
 ------
 runs          id, run_key, config, truth, truth_sha256, in_scene, in_scene_sha256, metric, n_boot,
@@ -255,23 +259,27 @@ def truth_board(db, config):
                      (config,)).fetchone()
     if run is None:
         return {"run": None, "rows": []}
-    latest = {}
+    by_team = {}
     for row in _result_rows(db, "u.config = ?", (config,)):
-        key = (row.pop("seen_at"), row.pop("seen_run"), row["id"])
-        if row["team"] not in latest or key > latest[row["team"]][0]:
-            latest[row["team"]] = (key, row)
-    return {"run": _run_dict(run), "rows": rank([row for _, row in latest.values()])}
+        by_team.setdefault(row["team"], []).append(row)
+    rows = []
+    for team_rows in by_team.values():
+        last = max(r["seen"] for r in team_rows)  # (last_scored_at, id) of the last run that saw the team
+        rows += [r for r in team_rows if r["seen"] == last]  # all its entries there (a/ and a.zip: both)
+    return {"run": _run_dict(run), "rows": rank(rows)}
 
 
 def _result_rows(db, where, params):
-    """Results attached to the runs matching ``where``, one row each, with when a run last saw it."""
+    """One row per result attached to a run matching ``where`` and per such run ("seen": the
+    run's (last_scored_at, id))."""
     rows = []
     for r in db.execute(
             "SELECT s.team, s.sha256, s.kind, s.mtime, s.first_seen, s.first_run, r.*,"
-            " MAX(u.last_scored_at) AS seen_at, MAX(u.id) AS seen_run FROM run_results AS rr"
+            " u.last_scored_at AS seen_at, u.id AS seen_run FROM run_results AS rr"
             " JOIN runs AS u ON u.id = rr.run_id JOIN results AS r ON r.id = rr.result_id"
-            f" JOIN submissions AS s ON s.id = r.submission_id WHERE {where} GROUP BY r.id", params):
+            f" JOIN submissions AS s ON s.id = r.submission_id WHERE {where}", params):
         row = dict(r)
+        row["seen"] = (row.pop("seen_at"), row.pop("seen_run"))
         row["summary"] = json.loads(row["summary"]) if row["summary"] else None
         row["boot"] = np.frombuffer(row["boot"], dtype="<f8") if row["boot"] else np.zeros(0)
         rows.append(row)

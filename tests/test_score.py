@@ -484,15 +484,19 @@ def test_every_inbox_entry_is_on_the_board_and_case_twins_are_refused(tmp_path):
     inbox = tmp_path / "inbox"
     for team in ("TeamX", "teamx", "..hidden", ".dotted", "good"):
         team_folder(inbox, team, preds())
+    with zipfile.ZipFile(inbox / "good.zip", "w") as zf:  # the same team twice: both entries listed
+        zf.writestr("predictions.json", json.dumps(preds()))
     (inbox / ".DS_Store").write_text("")  # a file browser's litter is no team
     (inbox / "._good").write_bytes(b"\x00\x05\x16\x07")  # nor is macOS metadata beside a folder
     out = tmp_path / "out"
     r = CliRunner().invoke(cli, ["score", "--truth", str(truth), "--submissions", str(inbox), "--out", str(out),
                                  "--bootstrap", "50"])
     assert r.exit_code == 0, r.output
-    assert "3 of 5 submissions scored (2 invalid)" in r.output
-    rows = {row["team"]: row for row in csv.DictReader((out / "leaderboard.csv").open(encoding="utf-8"))}
-    assert sorted(rows) == sorted(["TeamX", "teamx", "..hidden", ".dotted", "good"])
+    assert "3 of 6 submissions scored (3 invalid)" in r.output
+    listed = list(csv.DictReader((out / "leaderboard.csv").open(encoding="utf-8")))
+    assert sorted(row["team"] for row in listed) == sorted(["TeamX", "teamx", "..hidden", ".dotted", "good", "good"])
+    assert "two entries" in [row for row in listed if row["team"] == "good"][1]["message"]
+    rows = {row["team"]: row for row in listed if row["status"] == "ok" or row["team"] != "good"}
     assert rows["..hidden"]["status"] == rows[".dotted"]["status"] == rows["good"]["status"] == "ok"
     for twin in ("TeamX", "teamx"):
         assert rows[twin]["status"] == "invalid" and rows[twin]["rank"] == ""
