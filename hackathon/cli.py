@@ -528,6 +528,10 @@ def leaderboard_group():
 def leaderboard_serve_cmd(db_path, port, host, refresh_s):
     """Serve the latest ranking; the page updates itself as new scores land.
 
+    It shows every team's latest result for the test set (and metric) last scored, from every
+    `hack score` sharing --db; no paths and no hashes. A --db that is not a leaderboard history is
+    refused at start.
+
     \b
     Example:
       hack leaderboard serve --db board/leaderboard.db --port 8000
