@@ -17,7 +17,7 @@ import html
 import io
 from pathlib import Path
 
-from labeling.fileutil import write_text_atomic
+from hackathon.core.fileutil import write_text_atomic
 
 METRIC_NAMES = {"voc07_map50": "VOC07 mAP@0.5", "voc_map50": "VOC mAP@0.5 (area)",
                 "coco_map": "COCO AP@[.5:.95]", "coco_map50": "COCO AP50"}
@@ -67,7 +67,7 @@ def to_csv(board):
 def shown_message(board, row):
     """A row's message as the boards meant to be shown (.md, .html) print it: paths cut to their
     last part (the judges' folders are nobody else's business); the CSV keeps it whole."""
-    from hackathon.leaderboard import without_paths
+    from hackathon.judge.history import without_paths
 
     run = board["run"] or {}
     return without_paths(row["message"] or "", (run.get("truth"), run.get("in_scene")))

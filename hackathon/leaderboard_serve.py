@@ -17,8 +17,8 @@ import sqlite3
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from hackathon.leaderboard import check_history, connect, latest_board, public
-from labeling.errors import KitError
+from hackathon.judge.history import check_history, connect, latest_board, public
+from hackathon.core.errors import KitError
 
 CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
