@@ -522,6 +522,8 @@ def score_cmd(truth, submissions, out, db_path, metric, in_scene, n_boot, seed, 
     invalid with its reason, the others are still scored. Ranking: --metric, then COCO AP, then
     the earlier submission; 95% bootstrap intervals; ≈ marks a paired-bootstrap tie with the team
     above. Scoring the same files again changes nothing; two scorers may share one --db.
+    The board shows every team's latest result for this test set, metric and --bootstrap/--seed,
+    whichever run sharing --db scored it.
 
     \b
     Example:
@@ -536,10 +538,12 @@ def score_cmd(truth, submissions, out, db_path, metric, in_scene, n_boot, seed, 
                             n_boot=n_boot, seed=seed, limits=limits, model_timeout_s=model_timeout,
                             echo=lambda m: click.secho(m, fg="yellow", err=True), progress=True)
     rows = res["board"]["rows"]
-    ok = [r for r in rows if r["status"] == "ok"]
-    for r in ok[:3]:
+    for r in [r for r in rows if r["status"] == "ok"][:3]:
         click.echo(f"{r['rank']}. {r['team']}  {r['score']:.4f}  [{r['lo']:.4f}, {r['hi']:.4f}]")
-    click.echo(f"{len(ok)} of {len(rows)} submissions scored ({len(rows) - len(ok)} invalid); "
+    n, ok = len(res["statuses"]), sum(status == "ok" for _, status in res["statuses"])
+    others = len({r["team"] for r in rows} - {team for team, _ in res["statuses"]})
+    board = f"; the board for this test set also has {others} team(s) other runs scored" if others > 0 else ""
+    click.echo(f"{ok} of {n} submissions scored ({n - ok} invalid){board}; "
                f"leaderboard in {res['paths']['html']} (.csv, .md beside it), history in {res['db']}")
 
 
@@ -557,6 +561,10 @@ def leaderboard_group():
 @click.option("--refresh", "refresh_s", default=3.0, show_default=True, type=float, help="Seconds between polls.")
 def leaderboard_serve_cmd(db_path, port, host, refresh_s):
     """Serve the latest ranking; the page updates itself as new scores land.
+
+    It shows every team's latest result for the test set (and metric) last scored, from every
+    `hack score` sharing --db; no paths and no hashes. A --db that is not a leaderboard history is
+    refused at start.
 
     \b
     Example:

@@ -263,13 +263,14 @@ def test_page_in_chromium_escapes_and_updates_live(server, tmp_path):
             "return document.querySelector('#board tbody tr.invalid').innerText")
         with pytest.raises(NoAlertPresentException):
             driver.switch_to.alert.text
-        # A score lands after the page loaded: a new run with one more team, on top.
+        # A score lands after the page loaded: another run on the same truth, one more team, on
+        # top; "late", which that run did not see, keeps its row (the board is the truth's).
         with history.connect(db_path) as db:
             run2, _ = history.start_run(db, run_row(key="run-b"))
             fill(db, run2, [("plain team", "s1", result(0.60, seed=1)), (XSS, "s2", result(0.75, seed=2)),
                             ("newcomer", "s3", result(0.90, seed=3))])
         wait.until(lambda d: teams()[:1] == ["newcomer"])
-        assert teams() == ["newcomer", XSS, "plain team"]
+        assert teams() == ["newcomer", XSS, "plain team", "late"]
         assert driver.find_elements(By.TAG_NAME, "img") == []
         assert driver.execute_script("return performance.getEntriesByType('navigation').length") == 1  # no reload
         assert "3 teams scored" in driver.execute_script("return document.getElementById('status').innerText")
@@ -301,3 +302,79 @@ def test_cli_serve_binds_localhost_and_answers(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_cli_serve_refuses_a_file_that_is_not_a_history(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    notes = tmp_path / "notes.db"
+    notes.write_text("not sqlite, just the judges' notes " * 100)
+    other = tmp_path / "other.sqlite"  # a real SQLite file of something else
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE birds (name TEXT)")
+    con.commit()
+    con.close()
+    for path in (notes, other):
+        proc = subprocess.Popen([sys.executable, "-m", "hackathon.cli", "leaderboard", "serve", "--db", str(path),
+                                 "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            output, _ = proc.communicate(timeout=120)  # refused at start: the process ends by itself
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"hack leaderboard serve --db {path.name} started instead of refusing the file")
+        assert proc.returncode == 1, output
+        assert "Traceback" not in output and f"{path}: not a leaderboard history" in output, output
+        assert "Fix: pass --db the leaderboard.db" in output
+    assert notes.read_text().startswith("not sqlite")  # the file is left as it was
+
+
+def test_a_history_replaced_while_serving_is_said_on_the_page_not_a_traceback(server, capsys):
+    srv, db_path, base = server
+    db_path.write_text("overwritten by mistake " * 100)
+    data = json.loads(get(base + "/api/board")[2])
+    assert data["rows"] == [] and "can no longer be read" in data["error"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_api_board_publishes_no_paths_and_no_hashes(server):
+    srv, db_path, base = server
+    secret = "/srv/judges/secret-truth/hidden-test"
+    relative = "judges-only/in-scene-set"
+    sha = "5e" * 32
+    with history.connect(db_path) as db:
+        run_id, _ = history.start_run(db, run_row(truth=secret, in_scene=relative))
+        fill(db, run_id, [
+            ("a", sha, result(0.7, message=f"in-scene not scored: {relative}/img_03.jpg: no such image.")),
+            ("b", "f0" * 32, {"status": "invalid", "message": f"the exported model could not run: {secret}/img_01.jpg:"
+                                                             " cannot identify image file. Fix: check it"}),
+            ("c", "0d" * 32, {"status": "error", "message": "the scorer failed on this submission (FileNotFoundError:"
+                                                            " '/tmp/hack-score-x1/0002/scored-test.json')"})])
+    body = get(base + "/api/board")[2]
+    for leak in ("/srv", "secret-truth", "judges-only", "/tmp", "hack-score-x1", sha, "f0f0f0", "0d0d0d"):
+        assert leak not in body, (leak, body)
+    data = json.loads(body)
+    by = {r["team"]: r for r in data["rows"]}
+    assert by["a"]["rank"] == 1 and by["a"]["score"] == pytest.approx(0.7) and by["a"]["lo"] < by["a"]["hi"]
+    assert by["a"]["message"] == "in-scene not scored: in-scene-set/img_03.jpg: no such image."
+    assert by["b"]["message"].startswith("the exported model could not run: hidden-test/img_01.jpg: cannot")
+    assert "scored-test.json" in by["c"]["message"]  # what went wrong stays readable
+    assert data["run"]["metric"] == "voc07_map50" and data["run"]["n_images"] == 10 and "truth" not in data["run"]
+    # The judges' own files keep the full detail.
+    with history.connect(db_path) as db:
+        judges = to_csv(history.latest_board(db))
+    assert sha in judges and secret in judges
+
+
+def test_html_and_markdown_name_the_truth_folder_not_its_path():
+    board = board_with(["a"])
+    board["run"]["truth"] = "/srv/judges/secret-truth/hidden-test"
+    board["rows"][0]["message"] = "could not run: /srv/judges/secret-truth/hidden-test/img_01.jpg: truncated"
+    for text in (to_html(board), to_markdown(board)):
+        assert "hidden-test" in text and "/srv" not in text and "secret-truth" not in text
+    assert "/srv/judges/secret-truth/hidden-test/img_01.jpg" in to_csv(board)  # the judges' file keeps it whole

@@ -478,3 +478,80 @@ def test_control_characters_in_a_team_name_are_spelled_out(tmp_path):
     res = score_submissions(truth, inbox, tmp_path / "out", n_boot=50)
     assert res["board"]["rows"][0]["team"] == "red\\x1b[31mteam"
     assert "\x1b" not in (tmp_path / "out" / "leaderboard.csv").read_text()
+
+
+def test_every_inbox_entry_is_on_the_board_and_case_twins_are_refused(tmp_path):
+    truth = make_truth(tmp_path / "test")
+    inbox = tmp_path / "inbox"
+    for team in ("TeamX", "teamx", "..hidden", ".dotted", "good"):
+        team_folder(inbox, team, preds())
+    with zipfile.ZipFile(inbox / "good.zip", "w") as zf:  # the same team twice: both entries listed
+        zf.writestr("predictions.json", json.dumps(preds()))
+    (inbox / ".DS_Store").write_text("")  # a file browser's litter is no team
+    (inbox / "._good").write_bytes(b"\x00\x05\x16\x07")  # nor is macOS metadata beside a folder
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["score", "--truth", str(truth), "--submissions", str(inbox), "--out", str(out),
+                                 "--bootstrap", "50"])
+    assert r.exit_code == 0, r.output
+    assert "3 of 6 submissions scored (3 invalid)" in r.output
+    listed = list(csv.DictReader((out / "leaderboard.csv").open(encoding="utf-8")))
+    assert sorted(row["team"] for row in listed) == sorted(["TeamX", "teamx", "..hidden", ".dotted", "good", "good"])
+    assert "two entries" in [row for row in listed if row["team"] == "good"][1]["message"]
+    rows = {row["team"]: row for row in listed if row["status"] == "ok" or row["team"] != "good"}
+    assert rows["..hidden"]["status"] == rows[".dotted"]["status"] == rows["good"]["status"] == "ok"
+    for twin in ("TeamX", "teamx"):
+        assert rows[twin]["status"] == "invalid" and rows[twin]["rank"] == ""
+        assert "'TeamX' and 'teamx' differ only in case" in rows[twin]["message"]
+    assert "teamx" in r.output  # the judges hear of it while scoring, not only in the files
+
+
+def _cli_score_proc(truth, inbox, out, db, barrier):
+    barrier.wait()
+    r = CliRunner().invoke(cli, ["score", "--truth", str(truth), "--submissions", str(inbox), "--out", str(out),
+                                 "--db", str(db), "--bootstrap", "50"])
+    raise SystemExit(r.exit_code)
+
+
+def test_six_scorers_at_once_on_one_db_make_one_board(tmp_path):
+    from hackathon.judge.serve import read_board
+
+    truth = make_truth(tmp_path / "test")
+    for k in range(6):  # one inbox a team, as six judges would each score the team in front of them
+        team_folder(tmp_path / f"inbox{k}", f"t{k}", preds(which=range(k + 1)))
+    db, out = tmp_path / "shared.db", tmp_path / "board"
+    codes = run_at_once(_cli_score_proc, [(truth, tmp_path / f"inbox{k}", out, db) for k in range(6)], timeout=300)
+    assert codes == [0] * 6
+    want = [f"t{k}" for k in range(5, -1, -1)]  # more images found, higher score
+    assert [r["team"] for r in read_board(db)["rows"]] == want  # the projector's JSON
+    rows = list(csv.DictReader((out / "leaderboard.csv").open(encoding="utf-8")))
+    assert [(r["rank"], r["team"]) for r in rows] == [(str(i + 1), t) for i, t in enumerate(want)]
+    md = (out / "leaderboard.md").read_text(encoding="utf-8")
+    assert all(f"| {t} |" in md for t in want)
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 6
+    con.close()
+
+
+def test_board_of_a_truth_is_each_teams_latest_result_whichever_run(tmp_path):
+    truth = make_truth(tmp_path / "test")
+    db = tmp_path / "h.db"
+    team_folder(tmp_path / "in-a", "a", preds(which=range(2)))
+    team_folder(tmp_path / "in-b", "b", preds(which=range(4)))
+    score_submissions(truth, tmp_path / "in-a", tmp_path / "o1", db_path=db, n_boot=50)
+    r = CliRunner().invoke(cli, ["score", "--truth", str(truth), "--submissions", str(tmp_path / "in-b"), "--out",
+                                 str(tmp_path / "o2"), "--db", str(db), "--bootstrap", "50"])
+    assert r.exit_code == 0, r.output
+    assert "1 of 1 submissions scored (0 invalid); the board for this test set also has 1 team(s)" in r.output
+    teams = lambda o: [row["team"] for row in csv.DictReader((tmp_path / o / "leaderboard.csv").open())]  # noqa: E731
+    assert teams("o2") == ["b", "a"]
+    b_score = float(next(csv.DictReader((tmp_path / "o2" / "leaderboard.csv").open()))["score"])
+    (tmp_path / "in-a" / "a" / "predictions.json").write_text(json.dumps(preds()))  # a resubmits, better
+    res = score_submissions(truth, tmp_path / "in-a", tmp_path / "o1", db_path=db, n_boot=50)
+    assert [(row["team"], row["score"]) for row in res["board"]["rows"]] == [("a", pytest.approx(1.0)),
+                                                                           ("b", pytest.approx(b_score, abs=1e-4))]
+    assert teams("o1") == ["a", "b"]  # a's latest files only: one row a team
+    # Another metric is another board: nothing of the voc07 runs is mixed into it.
+    other = score_submissions(truth, tmp_path / "in-b", tmp_path / "o3", db_path=db, n_boot=50, metric="coco_map")
+    assert [row["team"] for row in other["board"]["rows"]] == ["b"]

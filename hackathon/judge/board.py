@@ -3,7 +3,9 @@
 Team names and messages come from the teams, so every format escapes them its own way: CSV cells
 that a spreadsheet would run as a formula (= + - @ tab CR) get a leading quote, Markdown gets a
 backslash before its markup and pipes, HTML goes through html.escape (the chart is inline SVG,
-built the same way). Each file is written atomically.
+built the same way). The .md and .html, which get shown around, carry no path of the judges';
+the CSV, the judges' own, has every message whole and each submission's sha256. Each file is
+written atomically.
 
 Example
 -------
@@ -61,6 +63,15 @@ def to_csv(board):
     return buf.getvalue()
 
 
+def shown_message(board, row):
+    """A row's message as the boards meant to be shown (.md, .html) print it: paths cut to their
+    last part (the judges' folders are nobody else's business); the CSV keeps it whole."""
+    from hackathon.judge.history import without_paths
+
+    run = board["run"] or {}
+    return without_paths(row["message"] or "", (run.get("truth"), run.get("in_scene")))
+
+
 def md_text(value):
     """Text that Markdown shows as typed: markup and pipes escaped, one line."""
     value = "" if value is None else " ".join(str(value).split())
@@ -90,7 +101,7 @@ def to_markdown(board):
                  f"{fmt(r['lo'])} – {fmt(r['hi'])}" if r["lo"] is not None else "", fmt(r["coco"])]
         if shift:
             cells += [fmt(r["in_scene"]), fmt(r["gap"]), fmt(r["retention"], 3)]
-        lines.append("| " + " | ".join(cells + [md_text(r["status"]), md_text(r["message"])]) + " |")
+        lines.append("| " + " | ".join(cells + [md_text(r["status"]), md_text(shown_message(board, r))]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +128,7 @@ def to_html(board):
                  fmt(r["score"]), f"{fmt(r['lo'])} – {fmt(r['hi'])}" if r["lo"] is not None else "", fmt(r["coco"])]
         if shift:
             cells += [fmt(r["in_scene"]), fmt(r["gap"]), fmt(r["retention"], 3)]
-        cells += [esc(r["status"]), f'<td class="msg">{esc(r["message"])}</td>']
+        cells += [esc(r["status"]), f'<td class="msg">{esc(shown_message(board, r))}</td>']
         tds = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
         rows.append(f'<tr class="{"ok" if r["status"] == "ok" else "invalid"}">{tds}</tr>')
     header = "".join(f'<th class="t">{h}</th>' if h in ("team", "message") else f"<th>{h}</th>"
@@ -125,7 +136,7 @@ def to_html(board):
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Leaderboard</title><style>{CSS}</style></head><body>
 <h1>Leaderboard: {esc(metric)}</h1>
-<p>{esc(run.get('n_images', 0))} test images ({esc(run.get('truth', ''))}), scored {esc(when)}.
+<p>{esc(run.get('n_images', 0))} test images ({esc(Path(run.get('truth') or '').name)}), scored {esc(when)}.
 Intervals: 95% bootstrap over test images ({esc(run.get('n_boot', 0))} resamples); ≈ marks a statistical
 tie with the team above (paired bootstrap: the 95% interval of the difference contains 0).
 {'Gap = in-scene − test score; retention = test ÷ in-scene.' if shift else ''}</p>

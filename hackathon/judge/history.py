@@ -9,6 +9,10 @@ both UNIQUE and inserted with INSERT OR IGNORE; a run is keyed by its config and
 submissions it saw, so scoring the same files again adds no row and changes no ranking (it only
 bumps the run's ``times_scored`` and ``last_scored_at``, the history of when it was looked at).
 
+The board is the truth's, not one run's (:func:`truth_board`): each team's entries in the last run
+that saw the team, among the runs of one config (truth + in-scene set + metric + bootstrap
+settings), ranked together; so scorers sharing the file build one board.
+
 Tables
 ------
 runs          id, run_key, config, truth, truth_sha256, in_scene, in_scene_sha256, metric, n_boot,
@@ -25,6 +29,7 @@ Example
 """
 import contextlib
 import json
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -93,6 +98,33 @@ def connect(path, readonly=False):
         yield db
     finally:
         db.close()
+
+
+def check_history(path):
+    """Refuse (KitError) a file that is not a leaderboard history, before a server polls it.
+
+    A missing or empty file is fine: the first `hack score` creates the history.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise KitError(f"{display(path)}: a folder, not a leaderboard history. Fix: pass --db the leaderboard.db "
+                       "`hack score` wrote (it is in its --out folder).")
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with connect(path, readonly=True) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            return  # a scorer holds it: it is a database, and the server retries on each poll
+        tables, e_text = None, str(e)
+    except sqlite3.DatabaseError as e:
+        tables, e_text = None, str(e)
+    else:
+        e_text = "an SQLite file without the tables of `hack score`"
+    if tables is None or (tables and "runs" not in tables):
+        raise KitError(f"{display(path)}: not a leaderboard history ({e_text}). Fix: pass --db the leaderboard.db "
+                       "`hack score` wrote (it is in its --out folder).")
 
 
 def _wal(db):
@@ -207,27 +239,66 @@ def latest_run_id(db):
 
 
 def board(db, run_id):
-    """The ranked board of one run: {"run": {...}, "rows": [ranked dicts]} (see ranking.rank)."""
+    """The ranked board of one run alone: {"run": {...}, "rows": [ranked dicts]} (see ranking.rank)."""
     run = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
     if run is None:
         return {"run": None, "rows": []}
+    rows = _result_rows(db, "rr.run_id = ?", (run_id,))
+    return {"run": _run_dict(run), "rows": rank(rows)}
+
+
+def truth_board(db, config):
+    """The board for one truth: every team's latest result under ``config`` (the truth, in-scene
+    set, metric and bootstrap settings), ranked, whichever run scored it.
+
+    A team's latest result is the one of the run last scored that saw the team; so two scorers
+    sharing a history each add their teams to one board, and a resubmission replaces the team's
+    row. "run" is the run last scored under ``config`` (metric, image count, classes, times).
+    """
+    run = db.execute("SELECT * FROM runs WHERE config = ? ORDER BY last_scored_at DESC, id DESC LIMIT 1",
+                     (config,)).fetchone()
+    if run is None:
+        return {"run": None, "rows": []}
+    by_team = {}
+    for row in _result_rows(db, "u.config = ?", (config,)):
+        by_team.setdefault(row["team"], []).append(row)
+    rows = []
+    for team_rows in by_team.values():
+        last = max(r["seen"] for r in team_rows)  # (last_scored_at, id) of the last run that saw the team
+        rows += [r for r in team_rows if r["seen"] == last]  # all its entries there (a/ and a.zip: both)
+    return {"run": _run_dict(run), "rows": rank(rows)}
+
+
+def _result_rows(db, where, params):
+    """One row per result attached to a run matching ``where`` and per such run ("seen": the
+    run's (last_scored_at, id))."""
     rows = []
     for r in db.execute(
-            "SELECT s.team, s.sha256, s.kind, s.mtime, s.first_seen, s.first_run, r.* FROM run_results AS rr"
-            " JOIN results AS r ON r.id = rr.result_id JOIN submissions AS s ON s.id = r.submission_id"
-            " WHERE rr.run_id = ?", (run_id,)):
+            "SELECT s.team, s.sha256, s.kind, s.mtime, s.first_seen, s.first_run, r.*,"
+            " u.last_scored_at AS seen_at, u.id AS seen_run FROM run_results AS rr"
+            " JOIN runs AS u ON u.id = rr.run_id JOIN results AS r ON r.id = rr.result_id"
+            f" JOIN submissions AS s ON s.id = r.submission_id WHERE {where}", params):
         row = dict(r)
+        row["seen"] = (row.pop("seen_at"), row.pop("seen_run"))
         row["summary"] = json.loads(row["summary"]) if row["summary"] else None
         row["boot"] = np.frombuffer(row["boot"], dtype="<f8") if row["boot"] else np.zeros(0)
         rows.append(row)
+    return rows
+
+
+def _run_dict(run):
     run = dict(run)
     run["classes"] = json.loads(run["classes"])
-    return {"run": run, "rows": rank(rows)}
+    return run
 
 
 def latest_board(db):
+    """The board for the truth (config) of the run last scored: what the projector shows."""
     run_id = latest_run_id(db)
-    return board(db, run_id) if run_id is not None else {"run": None, "rows": []}
+    if run_id is None:
+        return {"run": None, "rows": []}
+    config = db.execute("SELECT config FROM runs WHERE id = ?", (run_id,)).fetchone()["config"]
+    return truth_board(db, config)
 
 
 def _finite(x):
@@ -241,19 +312,33 @@ def _finite(x):
     return x
 
 
+# What the audience sees: the ranking and what explains it. Never the judges' paths (the hidden
+# truth's folder, their temp folders) nor the submissions' hashes: the page may be on a network.
+PUBLIC_RUN = ("metric", "n_images", "n_boot", "classes", "started_at", "finished_at", "last_scored_at")
+PUBLIC_ROW = ("rank", "team", "status", "score", "lo", "hi", "coco", "in_scene", "gap", "retention",
+              "tie_above", "tie_below")
+# An absolute path (POSIX, ~, or C:\) of at least two parts, starting after a space, quote or bracket.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:~|[A-Za-z]:)?[\\/](?:[^\s\\/'\"()<>:;,]+[\\/])+([^\s\\/'\"()<>:;,]*)")
+
+
+def without_paths(text, known=()):
+    """``text`` with each path in it cut to its last part: the ``known`` ones (the truth as the
+    judges typed it, relative or not) and anything that looks like an absolute path."""
+    for path in sorted((p for p in known if p), key=len, reverse=True):
+        text = text.replace(path, Path(path).name or path)
+    return ABSOLUTE_PATH.sub(lambda m: m.group(1) or "…", text)
+
+
 def public(board_):
-    """The board as plain JSON for the page: no bootstrap arrays, numbers rounded for display."""
+    """The board as plain JSON for the page: no bootstrap arrays, no paths, no hashes."""
     run = board_["run"]
-    out = {"run": None if run is None else {k: run[k] for k in (
-        "id", "truth", "metric", "n_images", "n_boot", "classes", "started_at", "finished_at", "last_scored_at")},
-        "rows": []}
+    known = (run["truth"], run["in_scene"]) if run else ()
+    out = {"run": None if run is None else {k: run[k] for k in PUBLIC_RUN}, "rows": []}
+    metric = run["metric"] if run else "voc07_map50"
     for r in board_["rows"]:
         per_class = ((r.get("summary") or {}).get("per_class") or {})
-        metric = run["metric"] if run else "voc07_map50"
-        out["rows"].append({
-            "rank": r["rank"], "team": r["team"], "status": r["status"], "kind": r["kind"],
-            "score": r["score"], "lo": r["lo"], "hi": r["hi"], "coco": r["coco"], "in_scene": r["in_scene"],
-            "gap": r["gap"], "retention": r["retention"], "tie_above": r["tie_above"],
-            "tie_below": r["tie_below"], "message": r["message"], "sha256": r["sha256"],
-            "per_class": {c: v.get(metric) for c, v in per_class.items()}})
+        row = {k: r[k] for k in PUBLIC_ROW}
+        row["message"] = without_paths(r["message"] or "", known)
+        row["per_class"] = {c: v.get(metric) for c, v in per_class.items()}
+        out["rows"].append(row)
     return _finite(out)

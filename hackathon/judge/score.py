@@ -11,7 +11,8 @@ One run, top to bottom (:func:`score_submissions`):
    models run in a child process (hackathon/judge/sandbox.py), then metrics.match once per team, the
    primary metric and COCO AP from its summary, and bootstrap scores on the *same* resample
    weights for every team (so neighbours can be compared pairwise, hackathon/judge/ranking.py);
-5. rank from the history and write leaderboard.csv/.md/.html (hackathon/judge/board.py).
+5. rank every team's latest result for this truth from the history (other runs sharing ``--db``
+   included) and write leaderboard.csv/.md/.html (hackathon/judge/board.py).
 
 A bad submission is listed as invalid with its message; the others are still scored. A submission
 that breaks the scorer itself (a bug) is listed as ``error`` with the exception, and the
@@ -46,7 +47,9 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
                       n_boot=DEFAULT_BOOT, seed=0, limits=None, model_timeout_s=1800.0, echo=None, progress=False):
     """Score every submission in ``submissions_dir`` and write the board into ``out``.
 
-    Returns {"run_id", "board", "paths", "db", "new_run"}; see the module docstring for the steps.
+    Returns {"run_id", "board", "paths", "db", "new_run", "statuses"}: the board is every team's
+    latest result for this truth (:func:`hackathon.judge.history.truth_board`), ``statuses`` the
+    outcome of each submission of this run, [(team, "ok" / "invalid" / "error")]. Steps: the module docstring.
     """
     from hackathon.evaluate.truth import read_truth
 
@@ -68,9 +71,18 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
         ctx = {"truth": truth, "truth_path": Path(truth_path).resolve(), "in_truth": in_truth,
                "in_path": Path(in_scene).resolve() if in_scene else None, "metric": metric,
                "weights": None, "n_boot": n_boot, "seed": seed, "timeout": model_timeout_s, "tmp": Path(tmp)}
-        run_id, new, board = _score_run(db_path, run, subs, ctx, echo or (lambda *a: None), progress)
-    paths = write_board(board, out)
-    return {"run_id": run_id, "board": board, "paths": paths, "db": db_path, "new_run": new}
+        run_id, new, statuses = _score_run(db_path, run, subs, ctx, echo or (lambda *a: None), progress)
+    board, paths = _write_truth_board(db_path, run["config"], out)
+    return {"run_id": run_id, "board": board, "paths": paths, "db": db_path, "new_run": new, "statuses": statuses}
+
+
+def _write_truth_board(db_path, config, out):
+    """The board for this truth (every team any scorer sharing the history ranked under the same
+    config), read and written while holding the history's write lock: the scorer that writes last
+    read last, so the files never lose a team another scorer added meanwhile."""
+    with history.connect(db_path) as db, history.transaction(db):
+        board = history.truth_board(db, config)
+        return board, write_board(board, out)
 
 
 def _check_arguments(submissions_dir, out, db_path, metric):
@@ -90,6 +102,7 @@ def _score_run(db_path, run, subs, ctx, echo, progress):
     """Record the run, score what the history does not have yet, and read the ranked board back."""
     from hackathon.evaluate.metrics import bootstrap_weights
 
+    statuses = []
     with history.connect(db_path) as db:
         run_id, new = history.start_run(db, run)
         for i, sub in enumerate(tqdm(subs, desc="scoring", unit="team", disable=not progress)):
@@ -99,6 +112,7 @@ def _score_run(db_path, run, subs, ctx, echo, progress):
             if rid is not None:  # scored before under the same config: same row, nothing recomputed
                 with history.transaction(db):
                     history.attach(db, run_id, rid)
+                statuses.append((sub.team, "ok"))
                 continue
             if ctx["weights"] is None and not sub.error:
                 ctx["weights"] = bootstrap_weights(run["n_images"], n=ctx["n_boot"], seed=ctx["seed"])
@@ -107,8 +121,9 @@ def _score_run(db_path, run, subs, ctx, echo, progress):
                 with tqdm.external_write_mode(file=sys.stderr):  # a line above the bar, not through it
                     echo(f"{sub.team}: {result['status']}: {result['message']}")
             history.add_result(db, run_id, sid, run["config"], result)
+            statuses.append((sub.team, result["status"]))
         history.finish_run(db, run_id)
-        return run_id, new, history.board(db, run_id)
+        return run_id, new, statuses
 
 
 def evaluate(sub, ctx, workdir):

@@ -17,7 +17,8 @@ import sqlite3
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from hackathon.judge.history import connect, latest_board, public
+from hackathon.judge.history import check_history, connect, latest_board, public
+from hackathon.core.errors import KitError
 
 CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -96,7 +97,7 @@ function render(data) {
   const table = document.getElementById("board");
   table.replaceChild(body, table.tBodies[0]);
   const when = run ? new Date(run.last_scored_at * 1000).toLocaleTimeString() : "";
-  document.getElementById("status").textContent = run
+  document.getElementById("status").textContent = data.error ? data.error : run
     ? `${rows.filter(r => r.status === "ok").length} teams scored on ${run.n_images} test images` +
       (run.finished_at ? "" : " (scoring in progress)") + `, last scored ${when}; ≈: statistical tie with the team above.`
     : "No scores yet: run `hack score`.";
@@ -159,10 +160,15 @@ def read_board(db_path):
             return public(latest_board(db))
     except sqlite3.OperationalError:  # created but not initialised yet, or locked past the timeout
         return {"run": None, "rows": []}
+    except (sqlite3.DatabaseError, KitError):  # replaced by another file since the server started
+        return {"run": None, "rows": [], "error": "The scoring history can no longer be read; judges: restart "
+                                                  "`hack leaderboard serve` with the leaderboard.db of `hack score`."}
 
 
 def make_server(db_path, host="127.0.0.1", port=8000, refresh_s=3.0):
-    """A ready ThreadingHTTPServer (call serve_forever); port 0 picks a free port."""
+    """A ready ThreadingHTTPServer (call serve_forever); port 0 picks a free port. A ``db_path``
+    that is not a leaderboard history is refused here (KitError), not on every poll."""
+    check_history(db_path)
     handler = type("Handler", (BoardHandler,), {"db_path": Path(db_path), "refresh_ms": refresh_s * 1000})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True

@@ -21,6 +21,7 @@ import hashlib
 import os
 import stat
 import struct
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -90,17 +91,20 @@ class Submission:
 def discover(folder):
     """One Submission per entry of ``folder`` (team = folder name or zip stem), sorted by team.
 
-    Hidden entries are skipped; anything else that is neither a folder nor a .zip, and a team
-    that appears twice (``a/`` and ``a.zip``), is listed as invalid so nobody is dropped silently.
+    Every entry is listed, hidden names (``.team``, ``..team``) included, so nobody is dropped
+    silently; only the litter of file browsers (``.DS_Store``, ``Thumbs.db``, ``__MACOSX``,
+    AppleDouble ``._*`` files) is skipped. Listed as invalid: anything that is neither a folder
+    nor a .zip, a team that appears twice (``a/`` and ``a.zip``), and teams whose names are equal
+    but for case (``TeamX`` and ``teamx``: one folder on a case-insensitive disk).
     """
     folder = Path(folder)
     subs, seen = [], {}
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith("."):
+        if _litter(entry):
             continue
         path = Path(entry.path)
         st = entry.stat(follow_symlinks=False)
-        is_zip = entry.name.lower().endswith(".zip")
+        is_zip = entry.name.lower().endswith(".zip") and len(entry.name) > 4
         team = printable(display(entry.name[:-4] if is_zip else entry.name))
         sub = Submission(team=team, source=path, mtime=st.st_mtime)
         if stat.S_ISLNK(st.st_mode):
@@ -112,7 +116,29 @@ def discover(folder):
                          f"{display(entry.name)}); keep one.")
         seen.setdefault(team, sub)
         subs.append(sub)
+    _refuse_case_twins(subs)
     return subs
+
+
+def _litter(entry):
+    """What a file browser leaves in a folder: never a team's entry."""
+    if entry.name in IGNORED_NAMES:
+        return True
+    return entry.name.startswith("._") and entry.is_file(follow_symlinks=False)  # macOS metadata on FAT/SMB
+
+
+def _refuse_case_twins(subs):
+    """Teams equal but for case (or Unicode composition) are one folder on macOS and Windows
+    disks, so neither can be told apart from the other: all of them are refused, by name."""
+    groups = {}
+    for sub in subs:
+        groups.setdefault(unicodedata.normalize("NFC", sub.team).casefold(), []).append(sub)
+    for group in groups.values():
+        names = sorted({s.team for s in group})
+        if len(names) > 1:
+            for sub in group:
+                sub.error = (f"team names {' and '.join(repr(n) for n in names)} differ only in case; on a "
+                             "case-insensitive disk they are one folder. Fix: rename all but one, then score again.")
 
 
 def printable(name):
