@@ -19,7 +19,6 @@ Example
 """
 import json
 import os
-import sys
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,17 +54,6 @@ class Int8Report:
         return self.map_fp32 - self.map_int8 - TOLERANCE
 
 
-def int8_supported():
-    """(True, "") where this MXNet has oneDNN (Linux wheels), else (False, why)."""
-    import mxnet as mx
-
-    if not sys.platform.startswith("linux"):
-        return False, f"this MXNet build on {sys.platform} has no oneDNN INT8 kernels"
-    if not mx.runtime.Features().is_enabled("MKLDNN"):
-        return False, "this MXNet build has no oneDNN (MKLDNN) INT8 kernels"
-    return True, ""
-
-
 def quantize_export(export_dir, calib, val, calib_mode="naive", progress=False, calib_source=""):
     """Quantize EXPORT's graph to INT8; keep it (files + export.json's ``int8`` entry) only if its
     VOC07 mAP@0.5 on `val` stays within TOLERANCE of fp32. `calib`: upright RGB PIL images; `val`:
@@ -74,7 +62,7 @@ def quantize_export(export_dir, calib, val, calib_mode="naive", progress=False, 
     import mxnet as mx
     from mxnet.contrib.quantization import quantize_net_v2
 
-    from hackathon.deploy.predict import load_detector
+    from hackathon.deploy.predict import int8_supported, load_detector
 
     if calib_mode not in CALIB_MODES:
         raise KitError(f"--calib-mode {calib_mode}: takes {' or '.join(CALIB_MODES)}.")

@@ -15,6 +15,7 @@ Example::
 import io
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,10 +160,19 @@ def benchmark(export_dir, batches=(1, 8), repeat=10):
     return rows
 
 
+def int8_supported():
+    """(True, "") where this MXNet has oneDNN (Linux wheels), else (False, why)."""
+    import mxnet as mx
+
+    if not sys.platform.startswith("linux"):
+        return False, f"this MXNet build on {sys.platform} has no oneDNN INT8 kernels"
+    if not mx.runtime.Features().is_enabled("MKLDNN"):
+        return False, "this MXNet build has no oneDNN (MKLDNN) INT8 kernels"
+    return True, ""
+
+
 def _choose_graph(export_dir, meta, precision, ctx):
     """"int8" or "fp32" for `precision`, saying why when an INT8 graph is there but cannot run."""
-    from hackathon.deploy.int8 import int8_supported
-
     if precision not in PRECISIONS:
         raise KitError(f"--precision {precision}: takes {', '.join(PRECISIONS)}.")
     if precision == "fp32":
