@@ -26,8 +26,9 @@ from hackathon.train.rundir import RunDir
 # The export contract, owned here: the files `hack export` writes, and what every reader of an
 # export (hack predict, hack eval, the judges' scorer and model check) may expect of them.
 SYMBOL, PARAMS, CLASSES, META = "model-symbol.json", "model-0000.params", "classes.txt", "export.json"
+INT8_SYMBOL, INT8_PARAMS = "model-int8-symbol.json", "model-int8-0000.params"  # `--int8`, named in META
 REQUIRED_FILES = (SYMBOL, PARAMS, CLASSES)
-OPTIONAL_FILES = (META,)  # an export written by hand with GluonCV has none: GluonCV's defaults below
+OPTIONAL_FILES = (META, INT8_SYMBOL, INT8_PARAMS)  # without META (GluonCV by hand): the defaults below
 EXPORT_FORMAT = 1
 DEFAULT_SHAPE = [512, 512]  # GluonCV's SSD-512, for an export without export.json
 STRICT_SIDE = (32, 2048)  # the input sides the judges accept from a team's export.json

@@ -28,7 +28,7 @@ import numpy as np
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import write_json_atomic
 
-SYMBOL, PARAMS = "model-int8-symbol.json", "model-int8-0000.params"
+from hackathon.deploy.export import INT8_PARAMS as PARAMS, INT8_SYMBOL as SYMBOL
 TOLERANCE = 0.01  # mAP@0.5 the INT8 graph may lose against fp32 on the validation photos
 # GluonCV's SSD quantization leaves these fp32: their outputs feed box decoding and NMS directly.
 EXCLUDE_MATCH = ("flatten", "concat")

@@ -11,7 +11,7 @@ import json
 import struct
 
 from hackathon.core.errors import Refused
-from hackathon.deploy.export import CLASSES, META, PARAMS, SYMBOL, check_meta
+from hackathon.deploy.export import CLASSES, INT8_PARAMS, INT8_SYMBOL, META, PARAMS, SYMBOL, check_meta
 
 MX_NDARRAY_LIST_MAGIC = 0x112  # first 8 bytes of an mx.nd.save file (kMXAPINDArrayListMagic)
 # Registered operators that call back into Python (mx.operator.CustomOp, autograd.Function).
@@ -22,38 +22,53 @@ def check_export(files):
     """Check an exported model's files without running anything: the symbol is a graph with the
     ``data`` input and three outputs, the params file is mxnet's NDArray list (not a pickle), the
     class list and export.json are sane. The model itself only ever runs in a child process."""
-    graph = _read_json(files[SYMBOL], 64)
+    check_graph(files[SYMBOL], files[PARAMS])
+    classes = check_classes(files[CLASSES])
+    meta = _read_json(files[META], 1) if META in files else {}
+    if META in files:
+        check_export_json(meta, classes)
+    int8 = [n for n in (INT8_SYMBOL, INT8_PARAMS) if n in files]
+    if int8 or (isinstance(meta, dict) and meta.get("int8")):
+        if len(int8) != 2 or not isinstance(meta.get("int8"), dict) or \
+                (meta["int8"].get("symbol"), meta["int8"].get("params")) != (INT8_SYMBOL, INT8_PARAMS):
+            raise Refused(f"an INT8 graph needs {INT8_SYMBOL}, {INT8_PARAMS} and export.json's int8 entry naming them, "
+                          "as `hack export --int8` writes them; send all three or none.")
+        check_graph(files[INT8_SYMBOL], files[INT8_PARAMS])  # MXNet's own (quantized) operators only
+    return classes
+
+
+def check_graph(symbol_path, params_path):
+    """A symbol file that is an MXNet graph with the ``data`` input, three outputs and only
+    operators this MXNet registers (its quantized ones included, never Python's), and its params."""
+    sname, pname = symbol_path.name, params_path.name
+    graph = _read_json(symbol_path, 64)
     nodes = graph.get("nodes") if isinstance(graph, dict) else None
     if not isinstance(nodes, list) or not all(isinstance(n, dict) and isinstance(n.get("op"), str)
                                               and isinstance(n.get("name"), str) for n in nodes):
-        raise Refused("model-symbol.json is not an MXNet symbol graph (no 'nodes' list of operators); "
+        raise Refused(f"{sname} is not an MXNet symbol graph (no 'nodes' list of operators); "
                       "write it with `hack export` (net.export).")
     inputs = [n["name"] for n in nodes if n["op"] == "null"]
     if "data" not in inputs:
-        raise Refused("model-symbol.json has no input named 'data'; export the hybridized net with net.export.")
+        raise Refused(f"{sname} has no input named 'data'; export the hybridized net with net.export.")
     heads = graph.get("heads")
     if not isinstance(heads, list) or len(heads) != 3:
-        raise Refused(f"model-symbol.json has {len(heads) if isinstance(heads, list) else 'no'} outputs, "
+        raise Refused(f"{sname} has {len(heads) if isinstance(heads, list) else 'no'} outputs, "
                       "not the 3 of a GluonCV SSD in inference mode (ids, scores, boxes); export after net.hybridize().")
     custom = sorted({n["op"] for n in nodes} & PYTHON_OPERATORS)
     if custom:
-        raise Refused(f"model-symbol.json calls Python code ({', '.join(custom)} operator); the judges never run "
+        raise Refused(f"{sname} calls Python code ({', '.join(custom)} operator); the judges never run "
                       "team code: export a net made of MXNet operators only (the kit's SSD is).")
     unknown = sorted({n["op"] for n in nodes} - _mx_operators() - {"null"})
     if unknown:
-        raise Refused(f"model-symbol.json uses operators MXNet 1.9.1 does not have ({', '.join(unknown[:5])}); "
+        raise Refused(f"{sname} uses operators MXNet 1.9.1 does not have ({', '.join(unknown[:5])}); "
                       "export with the kit's mxnet.")
-    with open(files[PARAMS], "rb") as f:
+    with open(params_path, "rb") as f:
         head = f.read(16)
     if len(head) < 16 or struct.unpack("<Q", head[:8])[0] != MX_NDARRAY_LIST_MAGIC:
         kind = " (it looks like a pickle)" if head[:1] == b"\x80" else (" (it looks like a zip/torch file)"
                                                                      if head[:2] == b"PK" else "")
-        raise Refused(f"model-0000.params is not an MXNet parameter file{kind}; write it with `hack export` "
+        raise Refused(f"{pname} is not an MXNet parameter file{kind}; write it with `hack export` "
                       "(net.export), the judges never unpickle.")
-    classes = check_classes(files[CLASSES])
-    if META in files:
-        check_export_json(_read_json(files[META], 1), classes)
-    return classes
 
 
 def check_classes(path):

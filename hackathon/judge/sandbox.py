@@ -16,7 +16,8 @@ from hackathon.core.errors import Refused
 
 
 def run_model(export_dir, truth_path, out_json, timeout_s=1800.0, threshold=KEEP_SCORE):
-    """Predict on every image of the truth at ``truth_path``; return (out_json, dropped rows)."""
+    """Predict on every image of the truth at ``truth_path``; return (out_json, dropped rows, the graph
+    that ran: "int8" where the export has one and this machine runs it, else fp32)."""
     cmd = [sys.executable, "-m", "hackathon.judge.sandbox", str(export_dir), str(truth_path), str(out_json), str(threshold)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
@@ -29,7 +30,8 @@ def run_model(export_dir, truth_path, out_json, timeout_s=1800.0, threshold=KEEP
         raise Refused(f"the exported model could not run: {(said or tail)[-1][:300]}. Fix: check it with "
                       "`hack predict EXPORT IMAGES` before submitting.")
     try:
-        return Path(out_json), int(json.loads(proc.stdout.strip().splitlines()[-1])["dropped"])
+        said = json.loads(proc.stdout.strip().splitlines()[-1])
+        return Path(out_json), int(said["dropped"]), str(said.get("graph", "fp32"))
     except (IndexError, ValueError, KeyError, TypeError):
         raise Refused("the model run ended without its predictions; check it with `hack predict`.") from None
 
@@ -51,7 +53,7 @@ def _predict(export_dir, truth_path, out_json, threshold):
     known = set(truth.classes)
     kept = [r for r in rows if r["label"] in known]
     write_predictions(kept, out_json)
-    return len(rows) - len(kept)
+    return len(rows) - len(kept), detector.precision
 
 
 def main(argv):
@@ -59,11 +61,11 @@ def main(argv):
 
     export_dir, truth_path, out_json, threshold = argv
     try:
-        dropped = _predict(Path(export_dir), Path(truth_path), Path(out_json), float(threshold))
+        dropped, graph = _predict(Path(export_dir), Path(truth_path), Path(out_json), float(threshold))
     except KitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"dropped": dropped}))
+    print(json.dumps({"dropped": dropped, "graph": graph}))
     return 0
 
 

@@ -150,8 +150,9 @@ def _test_predictions(sub, ctx, workdir):
     from hackathon.judge.sandbox import run_model
 
     if sub.kind == "model":
-        path, dropped = run_model(sub.path, ctx["truth_path"], workdir / "scored-test.json", ctx["timeout"])
-        notes = [f"{dropped} detections of classes not in the test set were ignored."] if dropped else []
+        path, dropped, graph = run_model(sub.path, ctx["truth_path"], workdir / "scored-test.json", ctx["timeout"])
+        notes = [f"ran its {graph} graph."]
+        notes += [f"{dropped} detections of classes not in the test set were ignored."] if dropped else []
         return read_predictions(path, ctx["truth"]), notes
     return read_predictions(sub.path, ctx["truth"]), []
 
@@ -175,7 +176,7 @@ def _in_scene(sub, ctx, workdir, result):
 
     try:
         if sub.kind == "model":
-            path, _ = run_model(sub.path, ctx["in_path"], workdir / "scored-in-scene.json", ctx["timeout"])
+            path, _, _ = run_model(sub.path, ctx["in_path"], workdir / "scored-in-scene.json", ctx["timeout"])
         elif sub.in_scene_path is not None:
             path = sub.in_scene_path
         else:
