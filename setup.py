@@ -18,7 +18,8 @@ setup(
     version=VERSION,
     description="Phone photos to a judged GluonCV SSD detector in one evening",
     packages=find_packages(include=["labeling", "labeling.*", "hackathon", "hackathon.*"]),
-    package_data={"labeling": ["GUIDE.md", "labelme_config.yaml", "capture_page.html", "sample/*", "sample/*/*"]},
+    package_data={"labeling": ["GUIDE.md", "labelme_config.yaml", "capture_page.html", "sample/*", "sample/*/*"],
+                  "hackathon": ["judge/leaderboard_page.html", "judge/leaderboard_page.js"]},
     python_requires=">=3.11,<3.12",
     install_requires=[
         "mxnet==1.9.1",  # GPU: swap for mxnet-cu112==1.9.1 (README)

@@ -15,7 +15,10 @@ import csv
 import datetime as dt
 import html
 import io
+import re
 from pathlib import Path
+
+import numpy as np
 
 from hackathon.core.fileutil import write_text_atomic
 from hackathon.evaluate.metrics import METRIC_NAMES
@@ -66,8 +69,6 @@ def to_csv(board):
 def shown_message(board, row):
     """A row's message as the boards meant to be shown (.md, .html) print it: paths cut to their
     last part (the judges' folders are nobody else's business); the CSV keeps it whole."""
-    from hackathon.judge.history import without_paths
-
     run = board["run"] or {}
     return without_paths(row["message"] or "", (run.get("truth"), run.get("in_scene")))
 
@@ -188,3 +189,47 @@ def chart_svg(board, width=720, bar=22):
     height = pad * 2 + len(scored) * (bar + 6)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
             f'aria-label="scores with 95% intervals">{"".join(parts)}</svg>')
+
+
+def _finite(x):
+    """JSON for a browser has no NaN: an undefined AP (a class with no boxes) is shown empty."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+# What the audience sees: the ranking and what explains it. Never the judges' paths (the hidden
+# truth's folder, their temp folders) nor the submissions' hashes: the page may be on a network.
+PUBLIC_RUN = ("metric", "n_images", "n_boot", "classes", "started_at", "finished_at", "last_scored_at")
+PUBLIC_ROW = ("rank", "team", "status", "score", "lo", "hi", "coco", "in_scene", "gap", "retention",
+              "tie_above", "tie_below")
+# An absolute path (POSIX, ~, or C:\) of at least two parts, starting after a space, quote or bracket.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~-])(?:~|[A-Za-z]:)?[\\/](?:[^\s\\/'\"()<>:;,]+[\\/])+([^\s\\/'\"()<>:;,]*)")
+
+
+def without_paths(text, known=()):
+    """``text`` with each path in it cut to its last part: the ``known`` ones (the truth as the
+    judges typed it, relative or not) and anything that looks like an absolute path."""
+    for path in sorted((p for p in known if p), key=len, reverse=True):
+        text = text.replace(path, Path(path).name or path)
+    return ABSOLUTE_PATH.sub(lambda m: m.group(1) or "…", text)
+
+
+def public(board_):
+    """The board as plain JSON for the page: no bootstrap arrays, no paths, no hashes."""
+    run = board_["run"]
+    known = (run["truth"], run["in_scene"]) if run else ()
+    out = {"run": None if run is None else {**{k: run[k] for k in PUBLIC_RUN},
+                                            "metric_name": METRIC_NAMES.get(run["metric"], run["metric"])}, "rows": []}
+    metric = run["metric"] if run else "voc07_map50"
+    for r in board_["rows"]:
+        per_class = ((r.get("summary") or {}).get("per_class") or {})
+        row = {k: r[k] for k in PUBLIC_ROW}
+        row["message"] = without_paths(r["message"] or "", known)
+        row["per_class"] = {c: v.get(metric) for c, v in per_class.items()}
+        out["rows"].append(row)
+    return _finite(out)

@@ -17,104 +17,16 @@ import sqlite3
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from hackathon.judge.history import check_history, connect, latest_board, public
+from hackathon.judge.board import public
+from hackathon.judge.history import check_history, connect, latest_board
 from hackathon.core.errors import KitError
 
 CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Leaderboard</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font-family:system-ui,sans-serif;margin:1.5em 3em;background:#10141a;color:#eee;font-size:1.4em}
-table{border-collapse:collapse;width:100%}td,th{padding:.35em .6em;border-bottom:1px solid #333;text-align:right;white-space:nowrap}
-td.team,td.msg{white-space:normal;overflow-wrap:anywhere}
-td.team,th.team,td.msg{text-align:left}td.msg{white-space:pre-line;font-size:.7em}tr.invalid td{color:#888;font-size:.8em}.tie{color:#f0a040}
-.bar{height:.6em;background:#4a7ab5;display:block;margin-top:.2em}#status{color:#888;font-size:.7em}
-</style></head>
-<body data-refresh-ms="__REFRESH_MS__">
-<h1 id="title">Leaderboard</h1>
-<table id="board"><thead><tr><th>#</th><th class="team">team</th><th id="metric">score</th><th>95% interval</th>
-<th>COCO AP</th><th class="shift">in-scene</th><th class="shift">gap</th><th class="shift">retention</th>
-<th class="team">note</th></tr></thead><tbody></tbody></table>
-<p id="status">loading…</p>
-<script src="/app.js"></script>
-</body></html>
-"""
-
-APP_JS = r"""
-"use strict";
-const METRICS = {voc07_map50: "VOC07 mAP@0.5", voc_map50: "VOC mAP@0.5", coco_map: "COCO AP", coco_map50: "COCO AP50"};
-const fmt = (x, d = 3) => (x === null || x === undefined) ? "" : Number(x).toFixed(d);
-
-function cell(tr, text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text;            // data only ever goes in as text
-  if (cls) td.className = cls;
-  tr.appendChild(td);
-  return td;
-}
-
-function render(data) {
-  const rows = data.rows || [];
-  const run = data.run;
-  const shift = rows.some(r => r.in_scene !== null && r.in_scene !== undefined);
-  document.querySelectorAll(".shift").forEach(th => { th.style.display = shift ? "" : "none"; });
-  if (run) {
-    const name = METRICS[run.metric] || run.metric;
-    document.getElementById("metric").textContent = name;
-    document.getElementById("title").textContent = "Leaderboard: " + name;
-  }
-  const top = Math.max(1e-9, ...rows.map(r => r.score || 0));
-  const body = document.createElement("tbody");
-  for (const r of rows) {
-    const tr = document.createElement("tr");
-    tr.className = r.status === "ok" ? "ok" : "invalid";
-    tr.dataset.team = r.team;
-    const rank = cell(tr, r.rank === null ? "" : String(r.rank));
-    if (r.tie_above) {
-      const tie = document.createElement("span");
-      tie.className = "tie"; tie.textContent = " ≈"; tie.title = "statistical tie with the team above";
-      rank.appendChild(tie);
-    }
-    const team = cell(tr, r.team, "team");
-    if (r.status === "ok") {
-      const bar = document.createElement("span");
-      bar.className = "bar"; bar.style.width = (100 * (r.score || 0) / top).toFixed(1) + "%";
-      team.appendChild(bar);
-    }
-    cell(tr, fmt(r.score, 4));
-    cell(tr, r.lo === null ? "" : fmt(r.lo) + " – " + fmt(r.hi));
-    cell(tr, fmt(r.coco));
-    for (const k of ["in_scene", "gap", "retention"]) {
-      const td = cell(tr, fmt(r[k]));
-      td.style.display = shift ? "" : "none";
-    }
-    cell(tr, r.status === "ok" ? (r.message || "") : r.status + ": " + (r.message || ""), "msg");
-    body.appendChild(tr);
-  }
-  const table = document.getElementById("board");
-  table.replaceChild(body, table.tBodies[0]);
-  const when = run ? new Date(run.last_scored_at * 1000).toLocaleTimeString() : "";
-  document.getElementById("status").textContent = data.error ? data.error : run
-    ? `${rows.filter(r => r.status === "ok").length} teams scored on ${run.n_images} test images` +
-      (run.finished_at ? "" : " (scoring in progress)") + `, last scored ${when}; ≈: statistical tie with the team above.`
-    : "No scores yet: run `hack score`.";
-}
-
-async function refresh() {
-  try {
-    const response = await fetch("/api/board", {cache: "no-store"});
-    if (response.ok) render(await response.json());
-  } catch (e) {
-    document.getElementById("status").textContent = "server unreachable, retrying…";
-  }
-}
-
-refresh();
-setInterval(refresh, Number(document.body.dataset.refreshMs) || 3000);
-"""
+# The projector page and its script, files beside this module (like labeling/capture_page.html).
+PAGE = (Path(__file__).parent / "leaderboard_page.html").read_text("utf-8")
+APP_JS = (Path(__file__).parent / "leaderboard_page.js").read_text("utf-8")
 
 
 class BoardHandler(BaseHTTPRequestHandler):
