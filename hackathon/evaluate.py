@@ -339,11 +339,12 @@ def plot_pr_curves(sets):
 
 def example_sheet(sets, result, threshold, tile=320, n_worst=3, n_best=2):
     """One column per set: its worst then best images, truth in white, detections >= threshold in colour."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     from hackathon.predict import draw
+    from labeling.show import fit_text, label_font
 
-    font = ImageFont.load_default()
+    font = label_font()
     columns = []
     for s in sets:
         by_image = {}
@@ -366,8 +367,10 @@ def example_sheet(sets, result, threshold, tile=320, n_worst=3, n_best=2):
                 d.rectangle([v * min(scale, 1.0) for v in bx], outline=(255, 255, 255), width=1)
             canvas = Image.new("RGB", (tile, shown.height + 18), (24, 24, 24))
             canvas.paste(shown, (0, 14))
-            ImageDraw.Draw(canvas).text((2, 1), f"{s.key}: {name[-34:]} F1 {info['f1']:.2f} "
-                                        f"({info['tp']}/{info['fp']}/{info['fn']})", fill=(255, 255, 255), font=font)
+            d = ImageDraw.Draw(canvas)
+            tail = f" F1 {info['f1']:.2f} ({info['tp']}/{info['fp']}/{info['fn']})"
+            room = tile - 4 - d.textlength(f"{s.key}: {tail}", font=font)
+            d.text((2, 1), f"{s.key}: {fit_text(d, name, font, room)}{tail}", fill=(255, 255, 255), font=font)
             tiles.append(canvas)
         columns.append(tiles)
     n_rows = max(1, max(len(t) for t in columns))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from labeling.errors import KitError
 from labeling.fileutil import display, write_bytes_atomic
@@ -172,7 +172,7 @@ def predict_images(detector, image_paths, root, threshold=KEEP, progress=True, f
 
 def draw(image, rows, classes, threshold=0.0, max_side=None):
     """A copy of `image` with the rows (score >= threshold) drawn: box, class name and score."""
-    from labeling.show import PALETTE
+    from labeling.show import PALETTE, drawable, label_font
 
     im = image.convert("RGB")
     s = 1.0
@@ -180,13 +180,13 @@ def draw(image, rows, classes, threshold=0.0, max_side=None):
         s = max_side / max(im.size)
         im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BILINEAR)
     d = ImageDraw.Draw(im)
-    font = ImageFont.load_default()
+    font = label_font()
     line = max(2, round(max(im.size) / 300))
     for r in sorted((r for r in rows if r["score"] >= threshold), key=lambda r: r["score"]):
         x1, y1, x2, y2 = (v * s for v in r["bbox"])
         color = PALETTE[classes.index(r["label"]) % len(PALETTE)] if r["label"] in classes else (255, 255, 255)
         d.rectangle([x1, y1, x2, y2], outline=color, width=line)
-        text = f"{r['label']} {r['score']:.2f}"
+        text = f"{drawable(r['label'])} {r['score']:.2f}"
         tx, ty = x1 + line, max(0, y1 - 12)
         d.rectangle(d.textbbox((tx, ty), text, font=font), fill=color)
         d.text((tx, ty), text, fill=(0, 0, 0), font=font)

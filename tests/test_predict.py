@@ -150,3 +150,15 @@ def test_collect_images_and_draw(tmp_path):
                     {"label": "fish", "score": 0.1, "bbox": [70, 10, 90, 30]}], CLASSES, threshold=0.3)
     a = np.asarray(out).astype(int)
     assert (a[30, 10] != 128).any() and (a[20, 70] == 128).all()  # the 0.8 box drawn, the 0.1 box not
+
+
+def test_a_chinese_class_name_is_drawn_in_its_own_glyphs():
+    from labeling.show import find_cjk_font
+
+    if find_cjk_font() is None:
+        pytest.skip("no font with CJK glyphs installed (the Makefile's system-deps installs fonts-wqy-zenhei)")
+    im = Image.new("RGB", (200, 120), (128, 128, 128))
+    row = {"score": 0.8, "bbox": [10, 30, 150, 100]}
+    shark, whale = (np.asarray(draw(im, [dict(row, label=c)], [c], threshold=0.3)) for c in ("鲨鱼", "鲸鱼"))
+    # drawn as "missing glyph" boxes, the two names would look alike
+    assert (shark != whale).any()
