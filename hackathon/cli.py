@@ -385,7 +385,7 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--threshold", default=0.3, show_default=True, type=float,
-              help="Lowest score drawn on the images.")
+              help="Lowest score drawn on the images (when none reaches it, a lower one to try is printed).")
 @click.option("--keep", default=0.01, show_default=True, type=float,
               help="Lowest score written to the predictions file (mAP needs the low-score tail; judges score this file).")
 def predict_cmd(export, images, out, threshold, keep):
@@ -394,20 +394,24 @@ def predict_cmd(export, images, out, threshold, keep):
     Writes OUT/predictions.json and OUT/predictions.csv (images named relative to the folder given,
     boxes in pixels of the upright photo) and OUT/images/NAME with the boxes drawn. Photos are read
     upright from their EXIF orientation. An unreadable photo is named, the others are still done,
-    and the exit code is 1.
+    and the exit code is 1. When no detection reaches --threshold it says so, with the top score
+    and a threshold to try ("0 boxes >= 0.3; the top score was 0.29; try --threshold 0.12").
 
     \b
     Example:
       hack predict export test-photos/ --out predictions
       hack eval --predictions predictions/predictions.json --data test-photos --out report
     """
-    from hackathon.predict import run_predict
+    from hackathon.predict import run_predict, threshold_hint
 
     rows, failed, drawn = run_predict(export, images, out, threshold=threshold, keep=keep)
     for path, message in failed:
         click.secho(f"error: {message}", fg="red", err=True)
     click.echo(f"{len(rows)} detection(s) on {drawn} photo(s) in {out / 'predictions.json'} (and .csv); "
                f"drawn (score >= {threshold}) in {out / 'images'}")
+    hint = threshold_hint([r["score"] for r in rows], threshold, drawn, keep) if drawn and keep <= threshold else None
+    if hint:
+        click.secho(f"warning: {hint}", fg="yellow", err=True)
     if failed:
         sys.exit(1)
 

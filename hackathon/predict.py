@@ -193,6 +193,35 @@ def draw(image, rows, classes, threshold=0.0, max_side=None):
     return im
 
 
+def suggest_threshold(scores, n_images):
+    """A drawing threshold that shows about one box a photo: the `n_images`-th best score, rounded
+    down to two significant digits (None without scores)."""
+    import math
+
+    scores = sorted(scores, reverse=True)
+    if not scores:
+        return None
+    s = scores[min(max(n_images, 1), len(scores)) - 1]
+    if s <= 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(s)) - 1)
+    return round(math.floor(s / step + 1e-9) * step, 12)
+
+
+def threshold_hint(scores, threshold, n_images, keep=KEEP):
+    """One line when no score reaches `threshold` (every drawing would be empty), else None: the top
+    score and a --threshold that draws about one box a photo."""
+    scores = list(scores)
+    if any(s >= threshold for s in scores):
+        return None
+    if not scores:
+        return (f"0 boxes >= {threshold:g}, and no detection scored even {keep:g}: the model finds nothing on "
+                "these photos. Fix: train longer (`hack train --max-minutes`), check the labels with `hack show`.")
+    top = max(scores)
+    top = f"{top:.2f}" if round(top, 2) < threshold else f"{top:.6g}"  # 0.2999 is not "0.30"
+    return f"0 boxes >= {threshold:g}; the top score was {top}; try --threshold {suggest_threshold(scores, n_images):g}"
+
+
 def save_image(im, path):
     """PNG for .png names, else JPEG; atomic."""
     buf = io.BytesIO()
