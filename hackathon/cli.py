@@ -127,7 +127,8 @@ def import_cmd(ctx, sources, scene, max_side):
 @cli.command("label")
 @click.argument("folder", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--member", metavar="K/N", help="Open only the K-th of N shares, so a team labels in parallel.")
-@click.option("--print-command", is_flag=True, help="Print the labelme command instead of starting it.")
+@click.option("--print-command", is_flag=True,
+              help="Print the labelme command instead of starting it (to run it in a terminal with a screen).")
 @click.pass_context
 def label_cmd(ctx, folder, member, print_command):
     """Open labelme on the workspace photos: rectangles, the team's classes, autosave.
@@ -267,7 +268,7 @@ def show_cmd(rec, out, count, seed):
 @click.option("--gpus", default="", help="GPUs to train on, e.g. 0,1 (needs the mxnet-cu11x build).")
 @click.option("--cpus", default=0, type=int, help="N CPU contexts: the multi-device path without GPUs.")
 @click.option("--kvstore", default="device", show_default=True,
-              help="device/local on one machine; dist_sync across machines (started by mxnet's tools/launch.py).")
+              help="device/local on one machine; dist_sync across machines (started by python -m hackathon.launch).")
 @click.option("--amp", is_flag=True, help="Mixed precision on GPUs.")
 @click.option("--no-pretrained", is_flag=True, help="Start from random weights instead of ImageNet's.")
 @click.option("--freeze-blocks", default=3, show_default=True, type=int,
@@ -291,8 +292,9 @@ def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr,
       hack train data --out run --max-minutes 45      # an evening's budget
       hack train data --out run --gpus 0,1 --amp      # two GPUs, mixed precision
       hack train data --resume run --epochs 60        # continue, for longer
-    Several machines: python .../mxnet/tools/launch.py -n 2 -s 1 --launcher ssh -H hosts \\
-      hack train data --out run --kvstore dist_sync   (README, several machines)
+    Several machines (the kit's launcher: mxnet's own dies on Python 3.11):
+      python -m hackathon.launch -n 2 -s 1 --launcher ssh -H hosts \\
+        hack train data --out run --kvstore dist_sync   (README, several machines)
     """
     import time
 

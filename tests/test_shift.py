@@ -326,3 +326,10 @@ def test_contact_sheet_draws_chinese_file_names_in_their_own_glyphs(tmp_path):
         contact_sheet([tmp_path / name], [1.0], "most like the test scene", tmp_path / f"{name}.png")
         sheets.append(np.asarray(Image.open(tmp_path / f"{name}.png")))
     assert (sheets[0] != sheets[1]).any()  # two "missing glyph" boxes would look alike
+
+
+def test_shift_md_does_not_send_readers_looking_for_torch(scenes, tmp_path):
+    measure_shift(scenes / "blue" / "a", scenes / "red", tmp_path / "r", permutations=20, progress=False,
+                  featurize=fake_features)
+    text = (tmp_path / "r" / "shift.md").read_text()
+    assert "torchvision" not in text and "without torch" in text

@@ -210,3 +210,18 @@ def test_label_font_draws_cjk_glyphs_when_the_font_is_installed(fresh_fonts):
     assert font.path == path and fresh_fonts.drawable("鲨鱼 β") == "鲨鱼 β"
     shapes = {rendered(c, font) for c in ("鲨", "鱼", MISSING)}
     assert len(shapes) == 3  # two real glyphs, and neither is the missing-glyph box
+
+
+def test_label_without_a_screen_points_to_print_command(tmp_path, monkeypatch):
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the DISPLAY check is Linux's")
+    runner = CliRunner()
+    runner.invoke(cli, ["init", str(tmp_path / "ws"), "--classes", "fish"])
+    photo(tmp_path / "ws" / "photos" / "tank" / "p0.jpg")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    r = runner.invoke(cli, ["--project", str(tmp_path / "ws"), "label"])
+    assert r.exit_code == 1 and "no screen" in r.output
+    assert "`hack label --print-command`" in r.output and len(r.output.strip().splitlines()) == 1
