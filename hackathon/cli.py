@@ -239,6 +239,10 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
 def show_cmd(rec, out, count, seed):
     """Draw a grid of packed samples with their boxes and class names (read from the .rec itself).
 
+    Each tile is captioned with the labelme file it was packed from (manifest.json beside the .rec),
+    so a bad box leads to its JSON. Names are drawn in a CJK font when one is installed
+    (fonts-wqy-zenhei), else characters the font lacks become ASCII or "?".
+
     \b
     Example:
       hack show data/train.rec --out grid.png -n 16
@@ -351,7 +355,8 @@ def export_cmd(run, out, weights):
               help="With --predictions and --shift: the predictions file on the --shift set.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @click.option("--threshold", default=0.3, show_default=True, type=float,
-              help="Operating score for per-image counts, size buckets and drawn examples (mAP uses every score).")
+              help="Operating score for per-image counts, size buckets and drawn examples (mAP uses every score; "
+                   "when no detection reaches it, the examples are drawn from a lower score the report names).")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(10),
               help="Resamples of the images for the 95% intervals.")
 @click.option("--seed", default=0, show_default=True, type=int)

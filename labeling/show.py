@@ -54,44 +54,57 @@ def find_cjk_font():
 
 @functools.lru_cache(maxsize=None)
 def _lettering():
-    """(font file or None for PIL's own, the code points it has glyphs for), looked up once."""
-    candidates = [find_cjk_font()]
-    try:
-        from matplotlib import font_manager
-
-        candidates.append(font_manager.findfont("DejaVu Sans", fallback_to_default=False))
-    except (ImportError, ValueError):
-        pass
-    for path in filter(None, candidates):
+    """The font file names are drawn in (None: PIL's own), looked up once."""
+    def dejavu():  # only when needed: importing matplotlib takes most of a second
         try:
-            from fontTools.ttLib import TTFont  # comes with matplotlib
+            from matplotlib import font_manager
 
+            return font_manager.findfont("DejaVu Sans", fallback_to_default=False)
+        except (ImportError, ValueError):
+            return None
+
+    for path in filter(None, (f() for f in (find_cjk_font, dejavu))):
+        try:
             ImageFont.truetype(path, 11)
-            with TTFont(path, fontNumber=0, lazy=True) as f:
-                return path, frozenset(f.getBestCmap())
-        except Exception:  # an unreadable font file: try the next one
+            return path
+        except OSError:  # an unreadable font file: try the next one
             continue
-    return None, frozenset(range(32, 127))
+    return None
 
 
 @functools.lru_cache(maxsize=None)
 def label_font(size=11):
     """The font names are drawn in: one with CJK glyphs when installed, else DejaVu Sans, else PIL's own."""
-    path, _ = _lettering()
+    path = _lettering()
     return ImageFont.truetype(path, size) if path else ImageFont.load_default(size=size)
+
+
+_NO_GLYPH = "\U0010FFFD"  # a private-use code point no font has: what a missing glyph looks like
+
+
+@functools.lru_cache(maxsize=8192)
+def _has_glyph(ch):
+    if ch.isspace():
+        return ch == " "
+    return _ink(ch) != _ink(_NO_GLYPH)
+
+
+def _ink(ch):
+    im = Image.new("L", (64, 32), 0)
+    ImageDraw.Draw(im).text((4, 4), ch, fill=255, font=label_font())
+    return im.tobytes()
 
 
 def drawable(text):
     """`text` as `label_font` can draw it: a character it has no glyph for becomes its ASCII letter
     (é -> e) or "?", never an empty box."""
-    _, glyphs = _lettering()
     out = []
     for ch in str(text):
-        if ord(ch) in glyphs:
+        if _has_glyph(ch):
             out.append(ch)
             continue
         plain = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode("ascii")
-        out.append(plain if plain and all(ord(c) in glyphs for c in plain) else "?")
+        out.append(plain if plain and all(map(_has_glyph, plain)) else "?")
     return "".join(out)
 
 

@@ -152,11 +152,12 @@ def rendered(text, font):
 def fresh_fonts():
     from labeling import show
 
-    show._lettering.cache_clear()
-    show.label_font.cache_clear()
+    caches = (show._lettering, show.label_font, show._has_glyph)
+    for c in caches:
+        c.cache_clear()
     yield show
-    show._lettering.cache_clear()
-    show.label_font.cache_clear()
+    for c in caches:
+        c.cache_clear()
 
 
 @pytest.fixture
