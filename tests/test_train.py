@@ -253,8 +253,7 @@ def test_early_stopping_after_patience_epochs_without_a_better_map(data, tmp_pat
 def test_train_help_points_to_the_kits_launcher_not_mxnets():
     r = CliRunner().invoke(cli, ["train", "--help"])
     assert r.exit_code == 0
-    assert "python -m hackathon.launch -n 2 -s 1" in r.output and "mxnet/tools/launch.py" not in r.output
-    assert "tools/launch.py" not in r.output.split("--kvstore", 1)[1]  # the flag's help says the same
+    assert "python -m hackathon.launch -n 2 -s 1" in r.output and "tools/launch.py" not in r.output  # --kvstore too
 
 
 def test_versions_are_the_installed_distributions():
