@@ -2,11 +2,12 @@
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian packages for labelme's Qt window under Xvfb (tests), and headless Chromium with its driver
-# (tests of the web pages: capture station, leaderboard).
+# Debian packages for labelme's Qt window under Xvfb (tests), headless Chromium with its driver
+# (tests of the web pages: capture station, leaderboard), and a font with CJK glyphs for the names
+# drawn on pictures (labeling/show.py finds it; without it, they fall back to ASCII).
 APT_PACKAGES := xvfb xdotool libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libgl1 libegl1 \
-	libfontconfig1 libdbus-1-3 chromium chromium-driver
+	libfontconfig1 libdbus-1-3 chromium chromium-driver fonts-wqy-zenhei
 
 .PHONY: setup system-deps demo test bench clean
 

@@ -129,7 +129,8 @@ def import_cmd(ctx, sources, scene, max_side):
 @cli.command("label")
 @click.argument("folder", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--member", metavar="K/N", help="Open only the K-th of N shares, so a team labels in parallel.")
-@click.option("--print-command", is_flag=True, help="Print the labelme command instead of starting it.")
+@click.option("--print-command", is_flag=True,
+              help="Print the labelme command instead of starting it (to run it in a terminal with a screen).")
 @click.pass_context
 def label_cmd(ctx, folder, member, print_command):
     """Open labelme on the workspace photos: rectangles, the team's classes, autosave.
@@ -240,6 +241,10 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
 def show_cmd(rec, out, count, seed):
     """Draw a grid of packed samples with their boxes and class names (read from the .rec itself).
 
+    Each tile is captioned with the labelme file it was packed from (manifest.json beside the .rec),
+    so a bad box leads to its JSON. Names are drawn in a CJK font when one is installed
+    (fonts-wqy-zenhei), else characters the font lacks become ASCII or "?".
+
     \b
     Example:
       hack show data/train.rec --out grid.png -n 16
@@ -269,7 +274,7 @@ def show_cmd(rec, out, count, seed):
 @click.option("--gpus", default="", help="GPUs to train on, e.g. 0,1 (needs the mxnet-cu11x build).")
 @click.option("--cpus", default=0, type=int, help="N CPU contexts: the multi-device path without GPUs.")
 @click.option("--kvstore", default="device", show_default=True,
-              help="device/local on one machine; dist_sync across machines (started by mxnet's tools/launch.py).")
+              help="device/local on one machine; dist_sync across machines (started by python -m hackathon.train.launch).")
 @click.option("--amp", is_flag=True, help="Mixed precision on GPUs.")
 @click.option("--no-pretrained", is_flag=True, help="Start from random weights instead of ImageNet's.")
 @click.option("--freeze-blocks", default=3, show_default=True, type=int,
@@ -293,8 +298,9 @@ def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr,
       hack train data --out run --max-minutes 45      # an evening's budget
       hack train data --out run --gpus 0,1 --amp      # two GPUs, mixed precision
       hack train data --resume run --epochs 60        # continue, for longer
-    Several machines: python .../mxnet/tools/launch.py -n 2 -s 1 --launcher ssh -H hosts \\
-      hack train data --out run --kvstore dist_sync   (README, several machines)
+    Several machines (the kit's launcher: mxnet's own dies on Python 3.11):
+      python -m hackathon.train.launch -n 2 -s 1 --launcher ssh -H hosts \\
+        hack train data --out run --kvstore dist_sync   (README, several machines)
     """
     import time
 
@@ -369,7 +375,8 @@ def export_cmd(run, out, weights, int8, calib, calib_mode):
               help="With --predictions and --shift: the predictions file on the --shift set.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report folder.")
 @click.option("--threshold", default=0.3, show_default=True, type=float,
-              help="Operating score for per-image counts, size buckets and drawn examples (mAP uses every score).")
+              help="Operating score for per-image counts, size buckets and drawn examples (mAP uses every score; "
+                   "when no detection reaches it, the examples are drawn from a lower score the report names).")
 @click.option("--bootstrap", "n_boot", default=1000, show_default=True, type=click.IntRange(10),
               help="Resamples of the images for the 95% intervals.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -405,7 +412,7 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (required but with --benchmark).")
 @click.option("--threshold", default=0.3, show_default=True, type=float,
-              help="Lowest score drawn on the images.")
+              help="Lowest score drawn on the images (when none reaches it, a lower one to try is printed).")
 @click.option("--keep", default=KEEP_SCORE, show_default=True, type=float,
               help="Lowest score written to the predictions file (mAP needs the low-score tail; judges score this file).")
 @click.option("--precision", default="auto", show_default=True, type=click.Choice(["auto", "int8", "fp32"]),
@@ -418,14 +425,15 @@ def predict_cmd(export, images, out, threshold, keep, precision, benchmark):
     Writes OUT/predictions.json and OUT/predictions.csv (images named relative to the folder given,
     boxes in pixels of the upright photo) and OUT/images/NAME with the boxes drawn. Photos are read
     upright from their EXIF orientation. An unreadable photo is named, the others are still done,
-    and the exit code is 1.
+    and the exit code is 1. When no detection reaches --threshold it says so, with the top score
+    and a threshold to try ("0 boxes >= 0.3; the top score was 0.29; try --threshold 0.12").
 
     \b
     Example:
       hack predict export test-photos/ --out predictions
       hack eval --predictions predictions/predictions.json --data test-photos --out report
     """
-    from hackathon.deploy.predict import benchmark as time_graphs, run_predict
+    from hackathon.deploy.predict import benchmark as time_graphs, run_predict, threshold_hint
 
     if benchmark:
         for r in time_graphs(export):
@@ -440,6 +448,9 @@ def predict_cmd(export, images, out, threshold, keep, precision, benchmark):
         click.secho(f"error: {message}", fg="red", err=True)
     click.echo(f"{len(rows)} detection(s) on {drawn} photo(s) in {out / 'predictions.json'} (and .csv); "
                f"drawn (score >= {threshold}) in {out / 'images'}")
+    hint = threshold_hint([r["score"] for r in rows], threshold, drawn, keep) if drawn and keep <= threshold else None
+    if hint:
+        click.secho(f"warning: {hint}", fg="yellow", err=True)
     if failed:
         sys.exit(1)
 

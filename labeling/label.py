@@ -94,7 +94,8 @@ def check_can_start():
     """KitError with the fix when labelme's window cannot open here."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise KitError("no screen (DISPLAY is not set): labelme needs a desktop. Fix: run `hack label` in a desktop "
-                       "session, or over `ssh -X`.")
+                       "session or over `ssh -X`, or `hack label --print-command` to get the labelme command "
+                       "and run it in a terminal that has a screen.")
     problem = qt_conflict()
     if problem:
         raise KitError(problem)

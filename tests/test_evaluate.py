@@ -159,3 +159,21 @@ def test_bad_predictions_stop_with_file_and_row(two_sets):
     r = CliRunner().invoke(cli, ["eval", "--predictions", str(t / "bad.json"), "--data", str(t / "A"), "--out", str(t / "r")])
     assert r.exit_code == 1 and "bad.json: 1 bad row(s)" in r.output and "row 3:" in r.output
     assert not (t / "r" / "metrics.json").exists()
+
+
+def test_examples_show_the_detections_there_are_when_none_reaches_the_threshold(tmp_path):
+    import numpy as np
+
+    from labeling.show import PALETTE
+
+    a = make_set(tmp_path / "A", 4, "tank-a")
+    rows = [dict(r, score=0.2 - 0.01 * i) for i, r in enumerate(truth_rows(a))]  # all below --threshold 0.3
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    r = invoke("eval", "--predictions", tmp_path / "a.json", "--data", a, "--out", tmp_path / "report",
+               "--bootstrap", "20", "--threshold", "0.3")
+    assert r.exit_code == 0, r.output
+    assert "0 boxes >= 0.3; the top score was 0.20; try --threshold 0.17" in r.output  # 4 photos: the 4th best
+    assert "drawn are those >= 0.17" in (tmp_path / "report" / "report.md").read_text()
+    sheet = np.asarray(Image.open(tmp_path / "report" / "examples.png").convert("RGB"))
+    # the class "a<b>&c" is drawn in PALETTE[1], a colour the photos do not have
+    assert (sheet == PALETTE[1]).all(2).sum() > 100

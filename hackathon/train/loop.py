@@ -49,7 +49,7 @@ class TrainConfig:
     max_minutes: float = 0.0       # stop (and validate, and save) after this much training (0: no limit)
     gpus: str = ""                 # "0,1": data parallel on these GPUs
     cpus: int = 0                  # N CPU contexts: the multi-device path without GPUs
-    kvstore: str = "device"        # "dist_sync" across machines (mxnet's tools/launch.py)
+    kvstore: str = "device"        # "dist_sync" across machines (python -m hackathon.train.launch)
     amp: bool = False              # mixed precision (GPU only)
     pretrained: bool = True        # ImageNet backbone (False: from scratch)
     seed: int = 0
@@ -271,9 +271,9 @@ def _kvstore(cfg):
     import mxnet as mx
 
     if "DMLC_PS_ROOT_URI" not in os.environ:
-        raise KitError(f"--kvstore {cfg.kvstore} needs mxnet's launcher to start the workers and servers. Fix: "
-                       "python $(python -c 'import mxnet,os;print(os.path.dirname(mxnet.__file__))')/tools/launch.py "
-                       "-n 2 -s 1 -H hosts hack train ... (README, several machines).")
+        raise KitError(f"--kvstore {cfg.kvstore} needs a launcher to start the workers and servers. Fix: "
+                       "python -m hackathon.train.launch -n 2 -s 1 --launcher ssh -H hosts hack train ... "
+                       "(README, several machines).")
     kv = mx.kv.create(cfg.kvstore)
     return kv, kv.rank, kv.num_workers
 

@@ -27,14 +27,23 @@ RESULT_FIELDS = ["epoch", "lr", "cls_loss", "box_loss", "val_map50", "images_per
 
 
 def versions():
-    import gluoncv
-    import mxnet
-    import numpy
+    """The installed distributions' versions, as pip names them: what reinstalls this run's set
+    (GluonCV 0.10.5.post0's own ``__version__`` says 0.11.0). A GPU build names itself too."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
 
     from hackathon import __version__
 
-    return {"python": platform.python_version(), "mxnet": mxnet.__version__, "gluoncv": gluoncv.__version__,
-            "numpy": numpy.__version__, "kit": __version__}
+    providers = packages_distributions()  # import name -> distributions, e.g. mxnet -> [mxnet-cu112]
+
+    def installed(module):
+        name = (providers.get(module) or [module])[0]
+        try:
+            return version(name) + ("" if name == module else f" ({name})")
+        except PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "mxnet": installed("mxnet"), "gluoncv": installed("gluoncv"),
+            "numpy": installed("numpy"), "kit": __version__}
 
 
 class RunDir:
