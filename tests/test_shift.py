@@ -333,7 +333,8 @@ def test_contact_sheet_draws_chinese_file_names_in_their_own_glyphs(tmp_path):
 
 
 def test_shift_md_does_not_send_readers_looking_for_torch(scenes, tmp_path):
-    measure_shift(scenes / "blue" / "a", scenes / "red", tmp_path / "r", permutations=20, progress=False,
-                  featurize=fake_features)
+    result = measure_shift(scenes / "blue" / "a", scenes / "red", tmp_path / "r", permutations=20, progress=False,
+                           featurize=fake_features)
+    write_report(result, tmp_path / "r")
     text = (tmp_path / "r" / "shift.md").read_text()
     assert "torchvision" not in text and "without torch" in text

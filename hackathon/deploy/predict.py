@@ -303,7 +303,7 @@ def suggest_threshold(scores, n_images):
     return round(math.floor(s / step + 1e-9) * step, 12)
 
 
-def threshold_hint(scores, threshold, n_images, keep=KEEP):
+def threshold_hint(scores, threshold, n_images, keep=KEEP_SCORE):
     """One line when no score reaches `threshold` (every drawing would be empty), else None: the top
     score and a --threshold that draws about one box a photo."""
     scores = list(scores)
