@@ -210,3 +210,20 @@ def test_photo_sizes_from_header_only(tmp_path):
     labelme_json(p, [rect("fish", 100, 100, 900, 900)])
     r = check_labels([tmp_path], CLASSES)
     assert not r.problems and r.items[0].width == 4032
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e300, -5000.0])
+def test_non_finite_or_absurd_coordinates_are_errors(tmp_path, bad):
+    """json.dump writes NaN and Infinity; min/max of a NaN gave a full-width box with no word."""
+    p = photo(tmp_path / "a.jpg", size=(384, 512))
+    labelme_json(p, [rect("fish", bad, 223.5, 100, 298.5), rect("shark", 10, 10, 60, 60)])
+    r = check_labels([tmp_path], CLASSES)
+    assert len(r.errors) == 1 and not r.items, "nothing of a file with a broken point is packed"
+    assert "shape 1 ('fish')" in r.errors[0].message and "draw it again" in r.errors[0].message
+    result = CliRunner().invoke(cli, ["pack", str(tmp_path), "--out", str(tmp_path / "data"), "--classes", "fish,shark"])
+    assert result.exit_code == 1 and not (tmp_path / "data" / "train.rec").exists()
+
+
+def test_a_point_less_than_a_photo_size_off_is_still_clipped(tmp_path):
+    r = one(tmp_path, [rect("fish", -300, 10, 100, 470)])  # 320x240: within one photo size of the edge
+    assert not r.errors and "clipped" in r.warnings[0].message
