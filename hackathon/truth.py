@@ -21,6 +21,7 @@ Example::
 import io
 import json
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +192,7 @@ def _difficult_boxes(json_path, classes, w, h):
     for s in shapes:
         if not (isinstance(s, dict) and isinstance(s.get("flags"), dict) and s["flags"].get("difficult")):
             continue
-        cls = folded.get(" ".join(str(s.get("label", "")).split()).casefold())
+        cls = folded.get(" ".join(unicodedata.normalize("NFC", str(s.get("label", ""))).split()).casefold())
         pts = np.asarray(s.get("points", []), dtype=np.float64).reshape(-1, 2)
         if cls is None or len(pts) < 2:
             continue

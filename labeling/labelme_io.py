@@ -7,6 +7,7 @@ backslashes), and may carry the image itself as base64 `imageData`. Older versio
 import base64
 import binascii
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
@@ -70,7 +71,8 @@ def read_labelme(path) -> LabelmeFile:
         except (TypeError, ValueError, IndexError):
             raise _not_labelme(path, f"shape {i + 1} has points that are not [x, y] numbers") from None
         label = s.get("label")
-        lf.shapes.append(Shape(label="" if label is None else str(label),
+        # NFC: a Mac keyboard types 'é' as e + a combining accent (NFD); it is the same class
+        lf.shapes.append(Shape(label="" if label is None else unicodedata.normalize("NFC", str(label)),
                                shape_type=str(s.get("shape_type") or "polygon"), points=points))
     for key in ("imageWidth", "imageHeight"):
         value = d.get(key)

@@ -227,3 +227,19 @@ def test_non_finite_or_absurd_coordinates_are_errors(tmp_path, bad):
 def test_a_point_less_than_a_photo_size_off_is_still_clipped(tmp_path):
     r = one(tmp_path, [rect("fish", -300, 10, 100, 470)])  # 320x240: within one photo size of the edge
     assert not r.errors and "clipped" in r.warnings[0].message
+
+
+@pytest.mark.parametrize("file_form,label_form", [("NFC", "NFD"), ("NFD", "NFC")])
+def test_a_label_typed_in_another_unicode_form_is_its_class(tmp_path, file_form, label_form):
+    """A Mac types 'é' as e + combining accent (NFD): it used to be "unknown class 'poisson-épée';
+    did you mean 'poisson-épée'?"."""
+    import unicodedata
+
+    name = "poisson-épée"
+    (tmp_path / "classes.txt").write_text(unicodedata.normalize(file_form, f"fish\n{name}\n"), encoding="utf-8")
+    p = photo(tmp_path / "photos" / "a.jpg")
+    labelme_json(p, [rect(unicodedata.normalize(label_form, name), 10, 10, 100, 100)])
+    result = CliRunner().invoke(cli, ["check", str(tmp_path / "photos"), "--labels", str(tmp_path / "classes.txt")])
+    assert result.exit_code == 0 and "0 error(s), 0 warning(s)" in result.output, result.output
+    r = check_labels([tmp_path / "photos"], read_classes(tmp_path / "classes.txt"))
+    assert r.items[0].boxes[0][0] == 1
