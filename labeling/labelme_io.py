@@ -60,6 +60,8 @@ def read_labelme(path) -> LabelmeFile:
         raise _not_labelme(path, "not UTF-8 text") from None
     except ValueError as e:
         raise _not_labelme(path, f"invalid JSON: {e}") from None
+    except RecursionError:  # labelme nests 3 levels; Python's parser gives up near 1,000
+        raise _not_labelme(path, "JSON nested too deeply to read") from None
     if not isinstance(d, dict) or "shapes" not in d or not isinstance(d["shapes"], list):
         raise _not_labelme(path, "no 'shapes' list")
     lf = LabelmeFile(json_path=path, version=str(d.get("version", "")))

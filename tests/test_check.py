@@ -243,3 +243,13 @@ def test_a_label_typed_in_another_unicode_form_is_its_class(tmp_path, file_form,
     assert result.exit_code == 0 and "0 error(s), 0 warning(s)" in result.output, result.output
     r = check_labels([tmp_path / "photos"], read_classes(tmp_path / "classes.txt"))
     assert r.items[0].boxes[0][0] == 1
+
+
+def test_a_json_nested_too_deep_is_one_error_and_the_rest_is_checked(tmp_path):
+    """It was a RecursionError traceback, and the files after it were never checked."""
+    labeled_set(tmp_path, n=3)
+    (tmp_path / "aa.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = CliRunner().invoke(cli, ["check", str(tmp_path), "--classes", "fish,shark"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "aa.json: not a labelme file (JSON nested too deeply to read)" in result.output
+    assert "3 photo(s) with boxes" in result.output and "1 error(s)" in result.output
