@@ -249,8 +249,12 @@ def _read_rec(rec: Path, classes):
     import mxnet as mx
     from PIL import Image
 
-    beside = rec.parent / "classes.txt"
+    from labeling.pack import verify_pack
     from labeling.workspace import read_classes
+
+    if rec.is_file():
+        verify_pack(rec.parent, required=False)  # a .rec of mxnet's im2rec has no manifest
+    beside = rec.parent / "classes.txt"
 
     rec_classes = read_classes(beside) if beside.is_file() else None
     classes = list(classes) if classes else rec_classes
