@@ -330,3 +330,15 @@ def test_empty_workspace_is_said_plainly(tmp_path):
         r = runner.invoke(cli, ["--project", str(tmp_path / "ws")] + args)
         assert r.exit_code == 1 and "Fix:" in r.output and "hack " in r.output, r.output
         assert "Traceback" not in r.output
+
+
+def test_replacing_an_older_pack_without_renameat2(tmp_path, monkeypatch):
+    """Where an atomic exchange is missing (macOS, old glibc), the older pack is moved aside first."""
+    from labeling import pack
+
+    monkeypatch.setattr(pack, "_exchange", lambda a, b: False)
+    labeled_set(tmp_path / "labels", n=4)
+    for seed in (0, 1):
+        pack_dataset([tmp_path / "labels"], tmp_path / "data", CLASSES, seed=seed, progress=False)
+    assert pack.verify_pack(tmp_path / "data")["settings"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.pack-lock", "data", "labels"]
