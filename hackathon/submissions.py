@@ -1,7 +1,7 @@
 """The judges' inbox: one folder or .zip per team, opened without trusting a byte of it.
 
 A submission is either a predictions file (``predictions.json`` or ``predictions.csv``, the format
-of :mod:`hackathon.predictions`) or an exported model (``model-symbol.json`` + ``model-0000.params``
+of :mod:`hackathon.deploy.predictions`) or an exported model (``model-symbol.json`` + ``model-0000.params``
 + ``classes.txt`` [+ ``export.json``], as ``hack export`` writes it). Optionally beside either:
 ``predictions-in-scene.json``/``.csv``, the team's predictions on the in-scene set (``--in-scene``).
 
@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from labeling.fileutil import display
+from hackathon.core.fileutil import display
 
 PREDICTION_FILES = ("predictions.json", "predictions.csv")
 IN_SCENE_FILES = ("predictions-in-scene.json", "predictions-in-scene.csv")
@@ -149,7 +149,7 @@ def open_submission(sub, workdir, limits):
                               "which caps every file); 1,000 images x 100 boxes is ~11 MB. Fix: write fewer "
                               "low-score boxes, e.g. hack predict --keep 0.05.")
         if sub.kind == "model":
-            from hackathon.export_check import check_export
+            from hackathon.judge.model_check import check_export
 
             check_export(sub.files)
     except Refused as e:

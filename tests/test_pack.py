@@ -18,8 +18,8 @@ from gluoncv.data import RecordFileDetection
 
 from hackathon.cli import cli
 from labeling.check import check_labels
-from labeling.errors import KitError
-from hackathon.data import DataDir
+from hackathon.core.errors import KitError
+from hackathon.train.data import DataDir
 from labeling.pack import pack_dataset, split_items
 from labeling.workspace import read_classes
 from labelme_data import labeled_set, labelme_json, photo, rect
