@@ -477,3 +477,14 @@ def test_control_characters_in_a_team_name_are_spelled_out(tmp_path):
     res = score_submissions(truth, inbox, tmp_path / "out", n_boot=50)
     assert res["board"]["rows"][0]["team"] == "red\\x1b[31mteam"
     assert "\x1b" not in (tmp_path / "out" / "leaderboard.csv").read_text()
+
+
+def test_a_too_big_predictions_file_names_the_cap_and_the_flag_that_shrinks_it(tmp_path):
+    """It said "(hack predict --threshold)", a flag that only sets what is drawn, and did not
+    say that this cap is not the one --max-file-mb sets."""
+    team = team_folder(tmp_path / "inbox", "big", preds())
+    (team / "predictions.json").write_bytes(b" " * (2 * 2**20 + 10))
+    sub = open_submission(Submission("big", team, 0.0), tmp_path / "work", Limits(max_predictions_mb=2))
+    assert "past the scorer's fixed cap of 2 MB for a predictions file" in sub.error
+    assert "not --max-file-mb" in sub.error and "hack predict --keep" in sub.error
+    assert "--threshold" not in sub.error
