@@ -210,7 +210,9 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
     """Check LABELS (labelme folders or files), then write train/val RecordIO to --out.
 
     Writes train and val as .rec + .idx + .lst in im2rec's detection layout, classes.txt and
-    manifest.json. Pixels are made upright and resized once. Same inputs, same bytes.
+    manifest.json. Pixels are made upright and resized once. Same inputs, same bytes. --out is
+    built beside and swapped in whole (an older pack there is replaced; a folder holding other
+    files, or inside an input folder, is refused).
 
     \b
     Example:
@@ -218,10 +220,11 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
       hack pack photos --out data --val-scene tank-b
     """
     from labeling.check import check_labels
-    from labeling.pack import pack_dataset
+    from labeling.pack import check_out_folder, pack_dataset
 
     classes = classes_for(ctx, classes_csv, labels_file)
     roots = labels or [workspace(ctx).photos_dir]
+    check_out_folder(roots, out)
     report = check_labels(roots, classes)
     print_report(report, quiet=True)
     manifest = pack_dataset(roots, out, classes, val_fraction=val_fraction, seed=seed, val_scene=val_scene,

@@ -5,6 +5,7 @@ since labeling) and stop `hack pack`; warnings are mended the one obvious way an
 (a label's case, a polygon's bounding box, a duplicate box) and do not.
 """
 import difflib
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -17,6 +18,9 @@ from labeling.photos import is_image_name, upright_size
 
 DUPLICATE_IOU = 0.9
 CLIP_SILENTLY_PX = 1.0  # labelme lets a corner land a pixel outside; that is not a mistake
+# labelme clamps points to the photo while drawing: a point more than a whole photo width (height)
+# beyond its edge was written by a script or a hand edit gone wrong, so it is an error, not a clip.
+ABSURD_OUTSIDE = 1.0  # in photo widths (heights) past the edge
 REJECTED_SHAPES = {"circle": "a circle", "line": "a line", "linestrip": "a line strip",
                    "point": "a point", "points": "points", "mask": "a mask"}
 
@@ -220,6 +224,16 @@ def _box_of(shape, where, w, h, errors, problems, name):
         return None
     xs = [p[0] for p in shape.points]
     ys = [p[1] for p in shape.points]
+    if not all(map(math.isfinite, xs + ys)):
+        errors.append(f"{where}: a point is NaN or infinite ({_points_text(shape.points)}), so the box is unknown. "
+                      "Fix: delete the shape in labelme and draw it again.")
+        return None
+    if min(xs) < -ABSURD_OUTSIDE * w or max(xs) > (1 + ABSURD_OUTSIDE) * w \
+            or min(ys) < -ABSURD_OUTSIDE * h or max(ys) > (1 + ABSURD_OUTSIDE) * h:
+        errors.append(f"{where}: a point ({_points_text(shape.points)}) is farther than the photo's own size "
+                      f"outside the {w}x{h} photo; labelme never draws there. Fix: delete the shape in labelme "
+                      "and draw it again.")
+        return None
     x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)  # reversed corners are fine
     if kind == "polygon":
         problems.append(Problem("warning", name, f"{where}: a polygon; its bounding box "
@@ -237,6 +251,10 @@ def _box_of(shape, where, w, h, errors, problems, name):
         problems.append(Problem("warning", name, f"{where}: the box runs off the {w}x{h} photo; it is clipped to "
                                 f"[{cx1:.0f}, {cy1:.0f}, {cx2:.0f}, {cy2:.0f}]. Fix: nothing, or redraw it inside."))
     return (cx1, cy1, cx2, cy2)
+
+
+def _points_text(points):
+    return ", ".join(f"[{x:g}, {y:g}]" for x, y in points[:4]) + (", ..." if len(points) > 4 else "")
 
 
 def iou(a, b):

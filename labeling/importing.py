@@ -6,6 +6,7 @@ from the photos themselves when it is missing or stale, so a killed import loses
 Another process importing into the same workspace at the same time (`hack capture`, a second
 `hack import`) takes turns through the workspace's lock file: see _Batch.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -133,9 +134,15 @@ def import_photos(ws: Workspace, sources, scene="default", max_side=1024, progre
                        + ". Fix: point at the photo files or the folder that holds them (.jpg .png .heic).")
     batch = _Batch(ws, scene, max_side)
     summary = ImportSummary()
-    with keeping_freed_memory():
-        for src in tqdm(files, desc="import", unit="photo", disable=not progress):
-            batch.add(src, summary)
+    try:
+        with keeping_freed_memory():
+            for src in tqdm(files, desc="import", unit="photo", disable=not progress):
+                batch.add(src, summary)
+    except KitError:  # a folder that stops taking photos halfway: the ones stored are still indexed
+        if batch._mine:
+            with ws.import_lock():
+                batch.save()
+        raise
     with ws.import_lock():
         batch.save()
     return summary
@@ -182,7 +189,8 @@ class _Batch:
         with ws.import_lock():
             self._use(load_index(ws))
             self.taken = self._taken_now()[1]
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with _writing_into(self.out_dir):
+                self.out_dir.mkdir(parents=True, exist_ok=True)
             self._seen = _stamp(ws.index_file)
         self._mine = set()  # the photos this batch stored
         self._unsaved = 0
@@ -261,9 +269,10 @@ class _Batch:
                 return
             stem = self._free_stem(safe_stem(stored_name or src))
             rel = f"{self.scene}/{stem}.jpg"
-            self.out_dir.mkdir(parents=True, exist_ok=True)  # the scene's folder may have been removed meanwhile
-            write_bytes_atomic(self.out_dir / f"{stem}.jpg", jpeg)
-            carried = carry_labels(src, self.out_dir / f"{stem}.json", im.size)
+            with _writing_into(self.out_dir):
+                self.out_dir.mkdir(parents=True, exist_ok=True)  # the scene's folder may have been removed meanwhile
+                write_bytes_atomic(self.out_dir / f"{stem}.jpg", jpeg)
+                carried = carry_labels(src, self.out_dir / f"{stem}.json", im.size)
             self.index[rel] = {"scene": self.scene, "source": Path(name).name, "source_sha256": sha,
                                "dhash": format(h, "016x"), "width": im.width, "height": im.height}
             self.by_sha[sha] = rel
@@ -282,8 +291,21 @@ class _Batch:
     def save(self):
         """Merge the index with the file and write it; call it under the workspace's import lock."""
         self._sync()
-        save_index(self.ws, self.index)
+        with _writing_into(self.ws.index_file.parent):
+            save_index(self.ws, self.index)
         self._seen, self._unsaved = _stamp(self.ws.index_file), 0
+
+
+@contextlib.contextmanager
+def _writing_into(folder):
+    """An OSError while writing into `folder` (read-only mount, `chattr +i`, no permission, disk
+    full, a file in the way) is one KitError naming the folder: every later photo would fail alike."""
+    try:
+        yield
+    except OSError as e:
+        raise KitError(f"{display(folder)}: cannot write there ({e.strerror or e}). Fix: make the folder "
+                       "writable (its permissions, `chattr -i`, a read-write mount, free space), then import "
+                       "again; photos already imported are kept.") from None
 
 
 def carry_labels(src: Path, dest_json: Path, new_size):

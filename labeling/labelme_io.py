@@ -7,6 +7,7 @@ backslashes), and may carry the image itself as base64 `imageData`. Older versio
 import base64
 import binascii
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
@@ -59,6 +60,8 @@ def read_labelme(path) -> LabelmeFile:
         raise _not_labelme(path, "not UTF-8 text") from None
     except ValueError as e:
         raise _not_labelme(path, f"invalid JSON: {e}") from None
+    except RecursionError:  # labelme nests 3 levels; Python's parser gives up near 1,000
+        raise _not_labelme(path, "JSON nested too deeply to read") from None
     if not isinstance(d, dict) or "shapes" not in d or not isinstance(d["shapes"], list):
         raise _not_labelme(path, "no 'shapes' list")
     lf = LabelmeFile(json_path=path, version=str(d.get("version", "")))
@@ -70,7 +73,8 @@ def read_labelme(path) -> LabelmeFile:
         except (TypeError, ValueError, IndexError):
             raise _not_labelme(path, f"shape {i + 1} has points that are not [x, y] numbers") from None
         label = s.get("label")
-        lf.shapes.append(Shape(label="" if label is None else str(label),
+        # NFC: a Mac keyboard types 'é' as e + a combining accent (NFD); it is the same class
+        lf.shapes.append(Shape(label="" if label is None else unicodedata.normalize("NFC", str(label)),
                                shape_type=str(s.get("shape_type") or "polygon"), points=points))
     for key in ("imageWidth", "imageHeight"):
         value = d.get(key)

@@ -167,6 +167,10 @@ def show_grid(rec_path, out, n=16, seed=0, tile=320, classes=None):
     """Write a PNG grid of `n` records (a seeded sample) with boxes and names; returns the indices shown."""
     import mxnet as mx
 
+    from labeling.pack import verify_pack
+
+    if Path(rec_path).is_file():
+        verify_pack(Path(rec_path).parent, required=False)  # a .rec of mxnet's im2rec has no manifest
     classes = classes or read_classes_beside(rec_path) or []
     reader = mx.recordio.MXIndexedRecordIO(str(Path(rec_path).with_suffix(".idx")), str(rec_path), "r") \
         if Path(rec_path).with_suffix(".idx").is_file() else None

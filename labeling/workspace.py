@@ -10,6 +10,7 @@ Layout::
 """
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def parse_classes(text: str, source: str = "the class list") -> list:
     """
     classes, seen = [], {}
     for lineno, raw in enumerate(text.splitlines(), 1):
-        name = " ".join(raw.split())  # stray and doubled spaces are never meant
+        name = " ".join(unicodedata.normalize("NFC", raw).split())  # NFC: labels are compared in NFC too
         if not name or name.startswith("#") or name in LABELME_PSEUDO_CLASSES:
             continue
         key = name.casefold()
@@ -51,7 +52,7 @@ def parse_classes(text: str, source: str = "the class list") -> list:
 
 def _line_of(text, name):
     for lineno, raw in enumerate(text.splitlines(), 1):
-        if " ".join(raw.split()) == name:
+        if " ".join(unicodedata.normalize("NFC", raw).split()) == name:
             return lineno
     return "?"
 

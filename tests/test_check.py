@@ -218,3 +218,46 @@ def test_photo_sizes_from_header_only(tmp_path, monkeypatch):
         m.setattr(Image.Image, "load", no_decoding)
         r = check_labels([tmp_path], CLASSES)
     assert not r.problems and r.items[0].width == 4032
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e300, -5000.0])
+def test_non_finite_or_absurd_coordinates_are_errors(tmp_path, bad):
+    """json.dump writes NaN and Infinity; min/max of a NaN gave a full-width box with no word."""
+    p = photo(tmp_path / "a.jpg", size=(384, 512))
+    labelme_json(p, [rect("fish", bad, 223.5, 100, 298.5), rect("shark", 10, 10, 60, 60)])
+    r = check_labels([tmp_path], CLASSES)
+    assert len(r.errors) == 1 and not r.items, "nothing of a file with a broken point is packed"
+    assert "shape 1 ('fish')" in r.errors[0].message and "draw it again" in r.errors[0].message
+    result = CliRunner().invoke(cli, ["pack", str(tmp_path), "--out", str(tmp_path / "data"), "--classes", "fish,shark"])
+    assert result.exit_code == 1 and not (tmp_path / "data" / "train.rec").exists()
+
+
+def test_a_point_less_than_a_photo_size_off_is_still_clipped(tmp_path):
+    r = one(tmp_path, [rect("fish", -300, 10, 100, 470)])  # 320x240: within one photo size of the edge
+    assert not r.errors and "clipped" in r.warnings[0].message
+
+
+@pytest.mark.parametrize("file_form,label_form", [("NFC", "NFD"), ("NFD", "NFC")])
+def test_a_label_typed_in_another_unicode_form_is_its_class(tmp_path, file_form, label_form):
+    """A Mac types 'é' as e + combining accent (NFD): it used to be "unknown class 'poisson-épée';
+    did you mean 'poisson-épée'?"."""
+    import unicodedata
+
+    name = "poisson-épée"
+    (tmp_path / "classes.txt").write_text(unicodedata.normalize(file_form, f"fish\n{name}\n"), encoding="utf-8")
+    p = photo(tmp_path / "photos" / "a.jpg")
+    labelme_json(p, [rect(unicodedata.normalize(label_form, name), 10, 10, 100, 100)])
+    result = CliRunner().invoke(cli, ["check", str(tmp_path / "photos"), "--labels", str(tmp_path / "classes.txt")])
+    assert result.exit_code == 0 and "0 error(s), 0 warning(s)" in result.output, result.output
+    r = check_labels([tmp_path / "photos"], read_classes(tmp_path / "classes.txt"))
+    assert r.items[0].boxes[0][0] == 1
+
+
+def test_a_json_nested_too_deep_is_one_error_and_the_rest_is_checked(tmp_path):
+    """It was a RecursionError traceback, and the files after it were never checked."""
+    labeled_set(tmp_path, n=3)
+    (tmp_path / "aa.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = CliRunner().invoke(cli, ["check", str(tmp_path), "--classes", "fish,shark"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "aa.json: not a labelme file (JSON nested too deeply to read)" in result.output
+    assert "3 photo(s) with boxes" in result.output and "1 error(s)" in result.output

@@ -410,3 +410,66 @@ def test_a_lock_file_that_cannot_be_opened_is_one_clear_error(ws, tmp_path, make
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "import.lock: cannot open the lock file" in r.output and "Fix:" in r.output
     assert (tmp_path / "phone" / "a.jpg").read_bytes() == before
+
+
+@pytest.fixture
+def immutable():
+    """chattr +i a folder (it stops root too, where chmod does not); undone after the test."""
+    import shutil
+    import subprocess
+
+    made = []
+
+    def make(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+            pytest.skip("chattr +i is not available on this file system")
+        made.append(folder)
+        return folder
+
+    yield make
+    for folder in made:
+        subprocess.run(["chattr", "-i", str(folder)])
+
+
+def test_an_unwritable_scene_folder_is_one_line_naming_it(ws, tmp_path, make_photo, immutable):
+    """It was a raw PermissionError traceback."""
+    make_photo(tmp_path / "phone" / "a.jpg")
+    folder = immutable(ws.photos_dir / "tank")
+    result = run(ws, tmp_path / "phone", "--scene", "tank")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert f"error: {folder}: cannot write there (Operation not permitted)" in result.output
+    assert [l for l in result.output.splitlines() if l.startswith("error")] and "Traceback" not in result.output
+
+
+def test_a_file_in_the_way_of_the_scene_folder_is_one_line_naming_it(ws, tmp_path, make_photo):
+    """No chattr needed: a regular file where the scene's folder should be fails as root too."""
+    make_photo(tmp_path / "phone" / "a.jpg")
+    (ws.photos_dir / "tank").write_text("not a folder")
+    result = run(ws, tmp_path / "phone", "--scene", "tank")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert f"error: {ws.photos_dir / 'tank'}: cannot write there" in result.output
+
+
+def test_photos_stored_before_the_folder_became_unwritable_stay_indexed(ws, tmp_path, make_photo, immutable):
+    for i in range(3):
+        make_photo(tmp_path / "phone" / f"a{i}.jpg", seed=i, size=(64 + 8 * i, 48))
+    (ws.photos_dir / "tank").mkdir()
+    from labeling import importing
+
+    real = importing.carry_labels
+    calls = []
+
+    def carry_then_freeze(src, dest_json, new_size):  # the folder turns read-only after the first photo
+        calls.append(src)
+        if len(calls) == 1:
+            immutable(ws.photos_dir / "tank")
+        return real(src, dest_json, new_size)
+
+    importing.carry_labels = carry_then_freeze
+    try:
+        with pytest.raises(KitError, match="cannot write there"):
+            import_photos(ws, [tmp_path / "phone"], scene="tank", progress=False)
+    finally:
+        importing.carry_labels = real
+    assert list(index(ws)) == ["tank/a0.jpg"]

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from gluoncv.data import RecordFileDetection
 from hackathon.cli import cli
 from labeling.check import check_labels
 from hackathon.core.errors import KitError
+from hackathon.train.data import DataDir
 from labeling.pack import pack_dataset, split_items
 from labeling.workspace import read_classes
 from labelme_data import labeled_set, labelme_json, photo, rect
@@ -123,7 +125,7 @@ def test_a_cut_photo_stops_the_pack_naming_it_and_writes_nothing(tmp_path):
                                  "--classes", "fish,shark", "--max-side", "400", "--workers", "2"])
     assert r.exit_code == 1, r.output
     assert "img_05" in r.output and "corrupt or truncated" in r.output and "Fix:" in r.output
-    assert not [n for n in os.listdir(tmp_path / "data") if not n.startswith(".")]
+    assert not (tmp_path / "data").exists() and not list(tmp_path.glob(".data.packing-*"))
     assert cut.read_bytes() == data[: len(data) * 2 // 3]  # the user's file is left as it was
 
 
@@ -176,13 +178,14 @@ def test_unicode_and_spaces_in_paths(tmp_path):
     assert len(RecordFileDetection(str(out / "train.rec"))) + len(RecordFileDetection(str(out / "val.rec"))) == 3
 
 
-def _kill_mid_pack(tmp_path, out):
+def _kill_mid_pack(tmp_path, out, split="train", seed=0):
+    """SIGKILL a `hack pack` while it writes SPLIT.rec (in --out, or in the folder it builds beside)."""
     cmd = [sys.executable, "-m", "hackathon.cli", "pack", str(tmp_path / "labels"), "--out", str(out),
-           "--classes", "fish,shark", "--workers", "1"]
+           "--classes", "fish,shark", "--workers", "1", "--seed", str(seed)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline:
-        partial = list(out.glob(".train.rec.*.partial")) if out.exists() else []
+        partial = list(out.glob(f".{split}.rec.*.partial")) + list(tmp_path.glob(f".{out.name}.packing-*/.{split}.rec.*.partial"))
         if partial and partial[0].stat().st_size > 200_000:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -206,6 +209,91 @@ def test_a_killed_pack_leaves_no_half_file_and_keeps_the_old_one(tmp_path):
     assert after == before  # the finished dataset is untouched by the killed run
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(sha(out / n) == d for n, d in manifest["files"].items())
+
+
+def test_a_pack_killed_while_writing_val_leaves_the_older_pack_whole(tmp_path):
+    """train.* were the new dataset while val.*, manifest.json and classes.txt were the old one."""
+    labeled_set(tmp_path / "labels", n=40, size=(1600, 1200))
+    out = tmp_path / "data"
+    pack_dataset([tmp_path / "labels"], out, CLASSES, progress=False)
+    before = {n: sha(out / n) for n in os.listdir(out)}
+    assert _kill_mid_pack(tmp_path, out, split="val", seed=1), "the pack finished before it could be killed"
+    assert {n: sha(out / n) for n in os.listdir(out)} == before
+    from labeling.pack import verify_pack
+
+    verify_pack(out)  # what every reader checks
+    m = pack_dataset([tmp_path / "labels"], out, CLASSES, seed=1, progress=False)  # the next pack clears up
+    assert sorted(os.listdir(out)) == sorted(before) and m["files"]["train.rec"] != before["train.rec"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".data.packing")] == []
+
+
+def _mixed_pack(tmp_path):
+    """A pack whose train.* come from another pack: what a killed pack used to leave."""
+    labeled_set(tmp_path / "labels", n=8)
+    for out, seed in (("data", 0), ("other", 1)):
+        pack_dataset([tmp_path / "labels"], tmp_path / out, CLASSES, seed=seed, progress=False)
+    for name in ("train.rec", "train.idx", "train.lst"):
+        shutil.copyfile(tmp_path / "other" / name, tmp_path / "data" / name)
+    return tmp_path / "data"
+
+
+def test_every_reader_refuses_a_pack_that_does_not_match_its_manifest(tmp_path):
+    data = _mixed_pack(tmp_path)
+    runner = CliRunner()
+    for args in (["train", str(data), "--out", str(tmp_path / "run"), "--epochs", "1"],
+                 ["show", str(data / "train.rec"), "--out", str(tmp_path / "g.png")],
+                 ["eval", "--predictions", str(tmp_path / "p.json"), "--data", str(data / "val.rec"),
+                  "--out", str(tmp_path / "report")]):
+        (tmp_path / "p.json").write_text("[]")
+        r = runner.invoke(cli, args)
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (args[0], r.output, r.exception)
+        assert "does not match manifest.json" in r.output or "do not match manifest.json" in r.output, r.output
+        assert "pack again" in r.output, r.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "g.png").exists()
+
+
+def test_a_pack_with_no_manifest_is_refused_by_training_and_a_plain_rec_still_shows(tmp_path):
+    labeled_set(tmp_path / "labels", n=4)
+    pack_dataset([tmp_path / "labels"], tmp_path / "data", CLASSES, progress=False)
+    (tmp_path / "data" / "manifest.json").unlink()  # as mxnet's im2rec leaves it
+    with pytest.raises(KitError, match="no manifest.json"):
+        DataDir(tmp_path / "data")
+    r = CliRunner().invoke(cli, ["show", str(tmp_path / "data" / "train.rec"), "--out", str(tmp_path / "g.png")])
+    assert r.exit_code == 0, r.output
+
+
+def test_an_output_folder_inside_or_holding_an_input_is_refused(tmp_path):
+    """`hack pack photos --out photos` was accepted; `hack check photos` then failed on manifest.json for good."""
+    labeled_set(tmp_path / "photos", n=3)
+    before = sorted(os.listdir(tmp_path / "photos"))
+    for out, why in ((tmp_path / "photos", "inside the input folder"),
+                     (tmp_path / "photos" / "data", "inside the input folder"), (tmp_path, "holds the input folder")):
+        r = CliRunner().invoke(cli, ["pack", str(tmp_path / "photos"), "--out", str(out), "--classes", "fish,shark"])
+        assert r.exit_code == 1 and why in r.output and "Fix:" in r.output, r.output
+    assert sorted(os.listdir(tmp_path / "photos")) == before
+    r = CliRunner().invoke(cli, ["check", str(tmp_path / "photos"), "--classes", "fish,shark"])
+    assert r.exit_code == 0, r.output
+
+
+def test_an_output_folder_with_other_files_is_refused_and_left_alone(tmp_path):
+    labeled_set(tmp_path / "labels", n=3)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(cli, ["pack", str(tmp_path / "labels"), "--out", str(tmp_path / "data"), "--classes", "fish,shark"])
+    assert r.exit_code == 1 and "notes.txt, which a pack did not write" in r.output
+    assert os.listdir(tmp_path / "data") == ["notes.txt"] and (tmp_path / "data" / "notes.txt").read_text() == "mine"
+
+
+def test_packing_again_replaces_an_older_pack_through_a_symlink(tmp_path):
+    labeled_set(tmp_path / "labels", n=4)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    for seed in (0, 1):
+        pack_dataset([tmp_path / "labels"], tmp_path / "link", CLASSES, seed=seed, progress=False)
+    from labeling.pack import verify_pack
+
+    assert (tmp_path / "link").is_symlink()
+    assert verify_pack(tmp_path / "real")["settings"]["seed"] == 1
 
 
 def test_real_photos_every_box_read_back(tmp_path):
@@ -242,3 +330,15 @@ def test_empty_workspace_is_said_plainly(tmp_path):
         r = runner.invoke(cli, ["--project", str(tmp_path / "ws")] + args)
         assert r.exit_code == 1 and "Fix:" in r.output and "hack " in r.output, r.output
         assert "Traceback" not in r.output
+
+
+def test_replacing_an_older_pack_without_renameat2(tmp_path, monkeypatch):
+    """Where an atomic exchange is missing (macOS, old glibc), the older pack is moved aside first."""
+    from labeling import pack
+
+    monkeypatch.setattr(pack, "_exchange", lambda a, b: False)
+    labeled_set(tmp_path / "labels", n=4)
+    for seed in (0, 1):
+        pack_dataset([tmp_path / "labels"], tmp_path / "data", CLASSES, seed=seed, progress=False)
+    assert pack.verify_pack(tmp_path / "data")["settings"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.pack-lock", "data", "labels"]

@@ -555,3 +555,14 @@ def test_board_of_a_truth_is_each_teams_latest_result_whichever_run(tmp_path):
     # Another metric is another board: nothing of the voc07 runs is mixed into it.
     other = score_submissions(truth, tmp_path / "in-b", tmp_path / "o3", db_path=db, n_boot=50, metric="coco_map")
     assert [row["team"] for row in other["board"]["rows"]] == ["b"]
+
+
+def test_a_too_big_predictions_file_names_the_cap_and_the_flag_that_shrinks_it(tmp_path):
+    """It said "(hack predict --threshold)", a flag that only sets what is drawn, and did not
+    say that this cap is not the one --max-file-mb sets."""
+    team = team_folder(tmp_path / "inbox", "big", preds())
+    (team / "predictions.json").write_bytes(b" " * (2 * 2**20 + 10))
+    sub = open_submission(Submission("big", team, 0.0), tmp_path / "work", Limits(max_predictions_mb=2))
+    assert "past the scorer's fixed cap of 2 MB for a predictions file" in sub.error
+    assert "not --max-file-mb" in sub.error and "hack predict --keep" in sub.error
+    assert "--threshold" not in sub.error

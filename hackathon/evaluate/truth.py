@@ -21,6 +21,7 @@ Example::
 import io
 import json
 import os
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +193,7 @@ def _difficult_boxes(json_path, classes, w, h):
     for s in shapes:
         if not (isinstance(s, dict) and isinstance(s.get("flags"), dict) and s["flags"].get("difficult")):
             continue
-        cls = folded.get(" ".join(str(s.get("label", "")).split()).casefold())
+        cls = folded.get(" ".join(unicodedata.normalize("NFC", str(s.get("label", ""))).split()).casefold())
         pts = np.asarray(s.get("points", []), dtype=np.float64).reshape(-1, 2)
         if cls is None or len(pts) < 2:
             continue
@@ -249,8 +250,12 @@ def _read_rec(rec: Path, classes):
     import mxnet as mx
     from PIL import Image
 
-    beside = rec.parent / "classes.txt"
+    from labeling.pack import verify_pack
     from labeling.workspace import read_classes
+
+    if rec.is_file():
+        verify_pack(rec.parent, required=False)  # a .rec of mxnet's im2rec has no manifest
+    beside = rec.parent / "classes.txt"
 
     rec_classes = read_classes(beside) if beside.is_file() else None
     classes = list(classes) if classes else rec_classes

@@ -165,9 +165,14 @@ def open_submission(sub, workdir, limits):
         sub.sha256 = _hash_files(sub.files)
         sub.kind = _kind(names, seen)
         for name in PREDICTION_FILES + IN_SCENE_FILES:
-            if name in sub.files and sub.files[name].stat().st_size > limits.max_predictions_mb * 2**20:
-                raise Refused(f"{name} is past the cap of {limits.max_predictions_mb:g} MB for a predictions "
-                              "file; keep at most 100 boxes an image (hack predict --threshold).")
+            size = sub.files[name].stat().st_size if name in sub.files else 0
+            if size > limits.max_predictions_mb * 2**20:
+                # the scorer's own cap on predictions files, apart from --max-file-mb (every file);
+                # --keep sets which boxes hack predict writes (--threshold only sets what it draws)
+                raise Refused(f"{name} is {size / 2**20:.0f} MB, past the scorer's fixed cap of "
+                              f"{limits.max_predictions_mb:g} MB for a predictions file (not --max-file-mb, "
+                              "which caps every file); 1,000 images x 100 boxes is ~11 MB. Fix: write fewer "
+                              "low-score boxes, e.g. hack predict --keep 0.05.")
         if sub.kind == "model":
             check_export(sub.files)
     except Refused as e:

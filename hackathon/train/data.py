@@ -25,13 +25,15 @@ import numpy as np
 
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display
+from labeling.pack import verify_pack
 from labeling.workspace import read_classes
 
 RECORD_FILES = ("train.rec", "train.idx", "val.rec", "val.idx", "classes.txt")
 
 
 class DataDir:
-    """A `hack pack` output folder: train/val RecordIO and classes.txt, checked on opening."""
+    """A `hack pack` output folder: train/val RecordIO and classes.txt, checked on opening against
+    its manifest.json (every file's size and sha256, labeling.pack.verify_pack)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -41,6 +43,7 @@ class DataDir:
         if missing:
             raise KitError(f"{display(self.path)}: missing {', '.join(missing)}: not a `hack pack` output. "
                            f"Fix: `hack pack photos --out {self.path}`.")
+        self.manifest = verify_pack(self.path)  # a pack stopped halfway, or mixed with another's
         self.classes = read_classes(self.path / "classes.txt")
 
     def rec(self, split):
