@@ -61,15 +61,23 @@ def workspace(ctx, required=True):
     return find_workspace(ctx.obj.get("project"), required=required)
 
 
-def classes_for(ctx, classes_csv, labels_file):
-    """--classes/--labels when given, else the workspace's class list."""
-    from labeling.workspace import classes_from_option
+def classes_for(ctx, classes_csv, labels_file, data=()):
+    """--classes/--labels when given, else classes.txt or labelme's labels.txt beside the data
+    (in a data folder or the one above it; said on stderr), else the workspace's class list."""
+    from labeling.fileutil import display
+    from labeling.workspace import classes_from_option, find_class_file, read_classes
 
     classes = classes_from_option(classes_csv, labels_file)
+    if classes is None and data:
+        found = find_class_file(data)
+        if found is not None:
+            classes = read_classes(found)
+            click.echo(f"class list: {display(found)} ({len(classes)} classes: {', '.join(classes)})", err=True)
     if classes is None:
         ws = workspace(ctx, required=False)
         if ws is None:
-            raise KitError("no class list: run inside a workspace (`hack init`), or pass --classes a,b or --labels FILE.")
+            raise KitError("no class list: no classes.txt or labels.txt beside the data, and not inside a "
+                           "workspace. Fix: put classes.txt beside the labels, or pass --classes a,b or --labels FILE.")
         classes = ws.classes
     return classes
 
@@ -163,16 +171,19 @@ def check_cmd(ctx, label_dirs, classes_csv, labels_file, quiet):
     """Validate labelme JSON (labelme 4.x and 5.x) against the class list and the photos.
 
     Prints each problem with its file and fix, then boxes per class and scene.
-    Exit 1 when there are errors, 0 with warnings only.
+    Exit 1 when there are errors, 0 with warnings only. The class list: --classes or --labels,
+    else classes.txt or labelme's labels.txt in a LABEL_DIR or the folder above it (the file used
+    is named; labelme's __ignore__ and _background_ lines are skipped), else the workspace's.
 
     \b
     Example:
       hack check                     # the workspace photos
+      hack check labelme-folder/     # its labels.txt (or classes.txt) is the class list
       hack check labels/ --labels classes.txt
     """
     from labeling.check import check_labels
 
-    classes = classes_for(ctx, classes_csv, labels_file)
+    classes = classes_for(ctx, classes_csv, labels_file, label_dirs)
     roots = label_dirs or [workspace(ctx).photos_dir]
     report = check_labels(roots, classes)
     if not report.files and not report.unlabeled:
@@ -207,7 +218,9 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
     """Check LABELS (labelme folders or files), then write train/val RecordIO to --out.
 
     Writes train and val as .rec + .idx + .lst in im2rec's detection layout, classes.txt and
-    manifest.json. Pixels are made upright and resized once. Same inputs, same bytes.
+    manifest.json. Pixels are made upright and resized once. Same inputs, same bytes. The class
+    list is found as `hack check` finds it (--classes/--labels, classes.txt or labels.txt beside
+    LABELS, the workspace's).
 
     \b
     Example:
@@ -217,7 +230,7 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
     from labeling.check import check_labels
     from labeling.pack import pack_dataset
 
-    classes = classes_for(ctx, classes_csv, labels_file)
+    classes = classes_for(ctx, classes_csv, labels_file, labels)
     roots = labels or [workspace(ctx).photos_dir]
     report = check_labels(roots, classes)
     print_report(report, quiet=True)

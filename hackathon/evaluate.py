@@ -70,6 +70,8 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
         if path is None:
             continue
         truth = read_truth(path, classes)
+        if truth.classes_note():
+            echo(truth.classes_note())
         extra = [c for c in detector.classes if c not in truth.classes] if detector else []
         if extra:  # they have no truth: left out of every mean, and said so
             echo(f"warning: the model's class(es) {', '.join(extra)} are not in the class list of {truth.source} "

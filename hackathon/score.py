@@ -53,11 +53,16 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
     submissions_dir, out = Path(submissions_dir), Path(out)
     db_path = Path(db_path) if db_path else out / "leaderboard.db"
     _check_arguments(submissions_dir, out, db_path, metric)
+    echo = echo or (lambda *a: None)
     truth = read_truth(truth_path)
+    if truth.classes_note():
+        echo(truth.classes_note())
     if not truth.n_boxes:
         raise KitError(f"{display(truth_path)}: the test set has no labeled boxes, so nothing can be scored. "
                        "Fix: label it in labelme first (hack check to see).")
     in_truth = read_truth(in_scene) if in_scene else None
+    if in_truth is not None and in_truth.classes_note():
+        echo(in_truth.classes_note())
     subs = discover(submissions_dir)
     if not subs:
         raise KitError(f"{display(submissions_dir)}: no submissions in it. Fix: one folder or .zip a team.")
@@ -68,7 +73,7 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
         ctx = {"truth": truth, "truth_path": Path(truth_path).resolve(), "in_truth": in_truth,
                "in_path": Path(in_scene).resolve() if in_scene else None, "metric": metric,
                "weights": None, "n_boot": n_boot, "seed": seed, "timeout": model_timeout_s, "tmp": Path(tmp)}
-        run_id, new, board = _score_run(db_path, run, subs, ctx, echo or (lambda *a: None), progress)
+        run_id, new, board = _score_run(db_path, run, subs, ctx, echo, progress)
     paths = write_board(board, out)
     return {"run_id": run_id, "board": board, "paths": paths, "db": db_path, "new_run": new}
 

@@ -30,8 +30,6 @@ import numpy as np
 from labeling.errors import KitError
 from labeling.fileutil import display
 
-CLASS_FILES = ("classes.txt", "labels.txt")
-
 
 @dataclass
 class Truth:
@@ -46,6 +44,7 @@ class Truth:
     root: Path = None  # the folder image names are relative to; None for a .rec
     source: str = ""  # what was read, for messages
     unlabeled: list = field(default_factory=list)  # photos under root without a labelme file
+    classes_from: str = ""  # where the class list came from (a class file, the labels used); "" if given
     _pixels: dict = field(default_factory=dict, repr=False)  # image -> Path | bytes | ("rec", key)
 
     def __post_init__(self):
@@ -59,6 +58,12 @@ class Truth:
             if len(self.boxes[name]) != n or len(self.difficult[name]) != n:
                 raise ValueError(f"{name}: {len(self.boxes[name])} boxes, {n} labels, {len(self.difficult[name])} flags")
         self.index = {name: i for i, name in enumerate(self.images)}
+
+    def classes_note(self) -> str:
+        """One line saying which class list was read ('' when the caller gave it)."""
+        if not self.classes_from:
+            return ""
+        return f"class list of {self.source}: {self.classes_from} ({len(self.classes)} classes: {', '.join(self.classes)})"
 
     @property
     def n_boxes(self) -> int:
@@ -94,16 +99,6 @@ def read_truth(path, classes=None) -> Truth:
     return _read_labelme_folder(path, classes)
 
 
-def _classes_near(folder: Path):
-    from labeling.workspace import read_classes
-
-    for d in (folder, folder.parent):
-        for name in CLASS_FILES:
-            if (d / name).is_file():
-                return read_classes(d / name)
-    return None
-
-
 def _labels_used(jsons):
     from labeling.labelme_io import read_labelme
     from labeling.workspace import LABELME_PSEUDO_CLASSES
@@ -124,7 +119,11 @@ def _read_labelme_folder(folder: Path, classes):
     if not jsons:
         raise KitError(f"{display(folder)}: no labelme files. Fix: label the test photos with labelme "
                        "(`hack label FOLDER`) or give the folder that holds their JSON files.")
-    classes = list(classes) if classes else (_classes_near(folder) or _labels_used(jsons))
+    from labeling.workspace import find_class_file, read_classes
+
+    given = bool(classes)
+    classes_file = None if classes else find_class_file([folder])
+    classes = list(classes) if classes else (read_classes(classes_file) if classes_file else _labels_used(jsons))
     if not classes:
         raise KitError(f"{display(folder)}: no class names (no classes.txt and no labeled shapes). "
                        "Fix: put classes.txt beside the labels, or pass the classes.")
@@ -150,7 +149,13 @@ def _read_labelme_folder(folder: Path, classes):
         raise KitError(f"{display(folder)}: two labelme files name the image {dup[0]}. Fix: delete one of them.")
     return Truth(classes, t["images"], t["boxes"], t["labels"], t["sizes"], t["difficult"], root=folder,
                  source=display(folder), unlabeled=[_name(folder, p, None) for p in report.unlabeled],
-                 _pixels=t["pixels"])
+                 classes_from=_classes_from(given, classes_file, folder), _pixels=t["pixels"])
+
+
+def _classes_from(given, classes_file, folder):
+    if given:
+        return ""
+    return display(classes_file) if classes_file else f"the labels used in {display(folder)} (no classes.txt or labels.txt)"
 
 
 def _name(folder, image_source, json_path):
@@ -296,4 +301,4 @@ def _read_rec(rec: Path, classes):
     if not t["images"]:
         raise KitError(f"{display(rec)}: no records. Fix: pack labeled photos with `hack pack`.")
     return Truth(classes, t["images"], t["boxes"], t["labels"], t["sizes"], t["difficult"], root=None,
-                 source=display(rec), _pixels=pixels)
+                 source=display(rec), classes_from=display(beside) if classes is rec_classes else "", _pixels=pixels)

@@ -210,3 +210,23 @@ def test_photo_sizes_from_header_only(tmp_path):
     labelme_json(p, [rect("fish", 100, 100, 900, 900)])
     r = check_labels([tmp_path], CLASSES)
     assert not r.problems and r.items[0].width == 4032
+
+
+def test_labelme_labels_txt_beside_the_data_is_the_class_list(tmp_path, monkeypatch):
+    """Issue 13.1: a labelme folder's own labels.txt (with __ignore__, _background_) is found and named."""
+    monkeypatch.chdir(tmp_path)  # not a workspace
+    labeled_set(tmp_path / "set", n=4)
+    (tmp_path / "set" / "labels.txt").write_text("__ignore__\n_background_\nfish\nshark\n")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["check", str(tmp_path / "set")])
+    assert r.exit_code == 0, r.output
+    assert f"class list: {tmp_path / 'set' / 'labels.txt'} (2 classes: fish, shark)" in r.output
+    assert "unknown class" not in r.output
+    r = runner.invoke(cli, ["check", str(tmp_path / "set"), "--classes", "fish"])  # the flag still wins
+    assert r.exit_code == 1 and "unknown class 'shark'" in r.output and "class list:" not in r.output
+    r = runner.invoke(cli, ["pack", str(tmp_path / "set"), "--out", str(tmp_path / "data")])
+    assert r.exit_code == 0, r.output
+    assert "labels.txt" in r.output and read_classes(tmp_path / "data" / "classes.txt") == ["fish", "shark"]
+    (tmp_path / "set" / "classes.txt").write_text("shark\nfish\n")  # the kit's own name comes first
+    r = runner.invoke(cli, ["check", str(tmp_path / "set")])
+    assert r.exit_code == 0 and "classes.txt (2 classes: shark, fish)" in r.output

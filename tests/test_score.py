@@ -477,3 +477,16 @@ def test_control_characters_in_a_team_name_are_spelled_out(tmp_path):
     res = score_submissions(truth, inbox, tmp_path / "out", n_boot=50)
     assert res["board"]["rows"][0]["team"] == "red\\x1b[31mteam"
     assert "\x1b" not in (tmp_path / "out" / "leaderboard.csv").read_text()
+
+
+def test_score_names_the_labelme_labels_txt_it_read(tmp_path):
+    """Issue 13.1: the judges' truth with labelme's own labels.txt; the file used is said."""
+    labeled_set(tmp_path / "test", n=6, classes=CLASSES)
+    (tmp_path / "test" / "labels.txt").write_text("__ignore__\n_background_\nfish\nshark\n")
+    inbox = tmp_path / "inbox"
+    team_folder(inbox, "perfect", preds())
+    r = CliRunner().invoke(cli, ["score", "--truth", str(tmp_path / "test"), "--submissions", str(inbox),
+                                 "--out", str(tmp_path / "out"), "--bootstrap", "100"])
+    assert r.exit_code == 0, r.output
+    assert f"{tmp_path / 'test' / 'labels.txt'} (2 classes: fish, shark)" in r.output
+    assert "1. perfect  1.0000" in r.output
