@@ -375,6 +375,7 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
     format). Reports VOC07 mAP@0.5, VOC mAP@0.5, COCO AP@[.5:.95] and AP50 per set and class with
     95% bootstrap intervals over images; with --shift the gap (in - shift) and the retention
     (shift / in). Writes OUT/metrics.json, report.md, report.html, pr_curves.png, examples.png.
+    A truth box thinner than a pixel (a 0x0 box) is left out, warned and noted in the report.
 
     \b
     Examples:
@@ -500,7 +501,9 @@ def score_cmd(truth, submissions, out, db_path, metric, in_scene, n_boot, seed, 
     Team code is never run and nothing is unpickled; a bad or hostile submission is listed as
     invalid with its reason, the others are still scored. Ranking: --metric, then COCO AP, then
     the earlier submission; 95% bootstrap intervals; ≈ marks a paired-bootstrap tie with the team
-    above. Scoring the same files again changes nothing; two scorers may share one --db.
+    above. Scoring the same files again changes nothing; two scorers may share one --db. A truth
+    box thinner than a pixel (a 0x0 box) is left out for every team alike: warned with its file
+    and shape, and noted on the board.
 
     \b
     Example:

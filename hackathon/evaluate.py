@@ -72,6 +72,8 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
         truth = read_truth(path, classes)
         if truth.classes_note():
             echo(truth.classes_note())
+        for line in truth.dropped_warnings():
+            echo(line)
         extra = [c for c in detector.classes if c not in truth.classes] if detector else []
         if extra:  # they have no truth: left out of every mean, and said so
             echo(f"warning: the model's class(es) {', '.join(extra)} are not in the class list of {truth.source} "
@@ -117,6 +119,8 @@ def build_result(sets, n_boot=1000, seed=0, threshold=0.3):
             entry["per_class"][name]["ci95"] = {m: _ci(boot[s.key][m][:, c]) for m in METRICS}
         entry["size_buckets"] = size_buckets(s, threshold)
         entry["images"] = per_image(s, threshold)
+        entry["dropped_boxes"] = [{"file": f, "message": m} for f, m in s.truth.dropped]
+        entry["dropped_note"] = s.truth.dropped_note()
         result[s.key] = entry
     if len(sets) == 2:
         a, b = (result[k] for k in SET_KEYS)
@@ -232,6 +236,7 @@ def report_blocks(sets, result, threshold):
         for r, m in zip(rows, METRICS):
             r += [_fmt(result["gap"][m], result["gap_ci95"][m]), _fmt(result["retention"][m], result["retention_ci95"][m])]
     b += [("h2", "Metrics (95% bootstrap interval)"), ("table", (head, rows)),
+          *[("p", f"{k}: {result[k]['dropped_note']}") for k in src if result[k].get("dropped_note")],
           ("p", f"Intervals: {result['bootstrap']['resamples']} resamples of the images ({result['bootstrap']['interval']}). "
                 "Means over the classes that have truth; hackathon/metrics.py defines each metric.")]
     b += [("h2", "Per class")]

@@ -13,6 +13,9 @@ One run, top to bottom (:func:`score_submissions`):
    weights for every team (so neighbours can be compared pairwise, hackathon/ranking.py);
 5. rank from the history and write leaderboard.csv/.md/.html (hackathon/leaderboard_render.py).
 
+A box in the truth thinner than a pixel (real exports hold a few) is left out for every team
+alike (hackathon/truth.py); the scorer warns with its file and shape, and the board says so.
+
 A bad submission is listed as invalid with its message; the others are still scored. A submission
 that breaks the scorer itself (a bug) is listed as ``error`` with the exception, and the
 traceback goes to stderr: one hostile file never stops the judging.
@@ -57,12 +60,16 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
     truth = read_truth(truth_path)
     if truth.classes_note():
         echo(truth.classes_note())
+    for line in truth.dropped_warnings():
+        echo(line)
     if not truth.n_boxes:
         raise KitError(f"{display(truth_path)}: the test set has no labeled boxes, so nothing can be scored. "
                        "Fix: label it in labelme first (hack check to see).")
     in_truth = read_truth(in_scene) if in_scene else None
     if in_truth is not None and in_truth.classes_note():
         echo(in_truth.classes_note())
+    for line in in_truth.dropped_warnings() if in_truth is not None else []:
+        echo(line)
     subs = discover(submissions_dir)
     if not subs:
         raise KitError(f"{display(submissions_dir)}: no submissions in it. Fix: one folder or .zip a team.")
@@ -74,6 +81,7 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
                "in_path": Path(in_scene).resolve() if in_scene else None, "metric": metric,
                "weights": None, "n_boot": n_boot, "seed": seed, "timeout": model_timeout_s, "tmp": Path(tmp)}
         run_id, new, board = _score_run(db_path, run, subs, ctx, echo, progress)
+    board["notes"] = [t.dropped_note() for t in (truth, in_truth) if t is not None and t.dropped]
     paths = write_board(board, out)
     return {"run_id": run_id, "board": board, "paths": paths, "db": db_path, "new_run": new}
 

@@ -26,6 +26,7 @@ class Problem:
     severity: str  # "error" or "warning"
     file: str
     message: str
+    kind: str = ""  # "degenerate": a box too thin to be an object, left out (truth only)
 
     def __str__(self):
         return f"{self.severity}: {self.file}: {self.message}"
@@ -115,9 +116,13 @@ def scene_of(root: Path, json_path: Path) -> str:
     return parts[0] if len(parts) > 1 else (root.resolve().name or "default")
 
 
-def check_labels(roots, classes) -> CheckReport:
+def check_labels(roots, classes, drop_degenerate=False) -> CheckReport:
     """Read and judge every labelme file below `roots`. Never raises for a bad file: each problem
-    is a `Problem` in the report, so one bad file never hides the others."""
+    is a `Problem` in the report, so one bad file never hides the others.
+
+    `drop_degenerate` is for the judges' truth (hackathon/truth.py): a box thinner than a pixel is
+    left out with a warning of kind "degenerate" instead of being an error. Training labels stay
+    strict (the default): such a box is an error that stops `hack pack`."""
     report = CheckReport(classes=list(classes))
     jsons, photos = find_label_files(roots)
     report.files = len(jsons)
@@ -127,7 +132,7 @@ def check_labels(roots, classes) -> CheckReport:
     for root, path in jsons:
         name = display(path)
         try:
-            item = _check_file(root, path, base, classes, lookup, report.problems)
+            item = _check_file(root, path, base, classes, lookup, report.problems, drop_degenerate)
         except KitError as e:
             report.problems.append(Problem("error", name, str(e).removeprefix(name + ": ")))
             continue
@@ -161,7 +166,7 @@ def _label_lookup(classes):
     return {" ".join(c.split()).casefold(): i for i, c in enumerate(classes)}
 
 
-def _check_file(root, path, base, classes, lookup, problems):
+def _check_file(root, path, base, classes, lookup, problems, drop_degenerate=False):
     name = display(path)
     lf = read_labelme(path)
     if lf.image_data is None and lf.image_path is None:
@@ -179,7 +184,7 @@ def _check_file(root, path, base, classes, lookup, problems):
     for k, shape in enumerate(lf.shapes, 1):
         where = f"shape {k} ({shape.label!r})"
         cls = _class_of(shape.label, classes, lookup, where, errors, problems, name)
-        box = _box_of(shape, where, w, h, errors, problems, name)
+        box = _box_of(shape, where, w, h, errors, problems, name, drop_degenerate)
         if cls is not None and box is not None:
             boxes.append((cls,) + box)
     for message in errors:
@@ -209,7 +214,7 @@ def _class_of(label, classes, lookup, where, errors, problems, name):
     return None
 
 
-def _box_of(shape, where, w, h, errors, problems, name):
+def _box_of(shape, where, w, h, errors, problems, name, drop_degenerate=False):
     kind = shape.shape_type
     if kind in REJECTED_SHAPES:
         errors.append(f"{where}: {REJECTED_SHAPES[kind]} is not a box. Fix: draw a rectangle (Ctrl+R) around "
@@ -224,6 +229,11 @@ def _box_of(shape, where, w, h, errors, problems, name):
     if kind == "polygon":
         problems.append(Problem("warning", name, f"{where}: a polygon; its bounding box "
                                 f"[{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}] is used. Fix: nothing, or redraw as a rectangle."))
+    if (x2 - x1 < 1 or y2 - y1 < 1) and drop_degenerate:
+        problems.append(Problem("warning", name, f"{where}: a {x2 - x1:.1f}x{y2 - y1:.1f} px box is no object; "
+                                "left out of the truth, the same for every submission. Fix: delete it or redraw "
+                                "it in labelme.", kind="degenerate"))
+        return None
     if x2 - x1 < 1 or y2 - y1 < 1:
         errors.append(f"{where}: the box is {x2 - x1:.1f}x{y2 - y1:.1f} px, too thin to be an object. "
                       "Fix: delete it or redraw it around the object.")

@@ -159,3 +159,21 @@ def test_bad_predictions_stop_with_file_and_row(two_sets):
     r = CliRunner().invoke(cli, ["eval", "--predictions", str(t / "bad.json"), "--data", str(t / "A"), "--out", str(t / "r")])
     assert r.exit_code == 1 and "bad.json: 1 bad row(s)" in r.output and "row 3:" in r.output
     assert not (t / "r" / "metrics.json").exists()
+
+
+def test_degenerate_truth_boxes_are_left_out_warned_and_in_the_report(tmp_path):
+    """Issue 13.2: `hack eval` on a truth holding 0x0 boxes scores it, names each, says so in the report."""
+    a = make_set(tmp_path / "A", 4, "tank-a")
+    (tmp_path / "a.json").write_text(json.dumps(truth_rows(a)))
+    j = a / "tank-a" / "img_02.json"
+    d = json.loads(j.read_text())
+    d["shapes"].append(dict(d["shapes"][0], points=[[30, 30], [30, 30]]))
+    j.write_text(json.dumps(d))
+    r = invoke("eval", "--predictions", tmp_path / "a.json", "--data", a, "--out", tmp_path / "report", "--bootstrap", "20")
+    assert r.exit_code == 0, r.output
+    assert f"warning: {j}: shape 2 ('fish'): a 0.0x0.0 px box is no object" in r.output
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert m["in_scene"]["voc07_map50"] == pytest.approx(1.0) and m["in_scene"]["n_boxes"] == 4
+    assert m["in_scene"]["dropped_boxes"][0]["file"] == str(j)
+    for page in ("report.md", "report.html"):
+        assert "1 degenerate box(es)" in (tmp_path / "report" / page).read_text(), page
