@@ -60,29 +60,32 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
     if predictions is not None and (shift is None) != (shift_predictions is None):
         raise KitError("with --predictions, --shift SET needs --shift-predictions FILE (the detections on that set), "
                        "and the other way round. Fix: give both or neither.")
+    truths = []
+    for key, path, pred_file in (("in_scene", data, predictions), ("shift", shift, shift_predictions)):
+        if path is None:
+            continue
+        truth = read_truth(path, classes)  # every set is read and judged before any model runs
+        if truth.classes_note():
+            echo(truth.classes_note())
+        for line in truth.dropped_warnings():
+            echo(line)
+        if truth.unlabeled:
+            echo(f"warning: {len(truth.unlabeled)} photo(s) in {truth.source} have no labelme file and are not "
+                 f"scored (e.g. {truth.unlabeled[0]}). Fix: label them, with no shapes if nothing is on them.")
+        classes = truth.classes
+        truths.append((key, truth, pred_file))
     detector = None
     if export is not None:
         from hackathon.predict import load_detector
 
         detector = load_detector(export)
     sets = []
-    for key, path, pred_file in (("in_scene", data, predictions), ("shift", shift, shift_predictions)):
-        if path is None:
-            continue
-        truth = read_truth(path, classes)
-        if truth.classes_note():
-            echo(truth.classes_note())
-        for line in truth.dropped_warnings():
-            echo(line)
+    for key, truth, pred_file in truths:
         extra = [c for c in detector.classes if c not in truth.classes] if detector else []
-        if extra:  # they have no truth: left out of every mean, and said so
+        if extra and truth is truths[0][1]:  # they have no truth: left out of every mean, and said so (once)
             echo(f"warning: the model's class(es) {', '.join(extra)} are not in the class list of {truth.source} "
                  f"({', '.join(truth.classes)}); their detections are not scored. Fix: train with the event's classes.")
-            truth.classes = truth.classes + extra
-        classes = truth.classes
-        if truth.unlabeled:
-            echo(f"warning: {len(truth.unlabeled)} photo(s) in {truth.source} have no labelme file and are not "
-                 f"scored (e.g. {truth.unlabeled[0]}). Fix: label them, with no shapes if nothing is on them.")
+        truth.classes = truth.classes + extra
         if detector is not None:
             preds = Predictions.from_rows(_detect_all(detector, truth, progress), truth, source=display(export))
         else:

@@ -177,3 +177,19 @@ def test_degenerate_truth_boxes_are_left_out_warned_and_in_the_report(tmp_path):
     assert m["in_scene"]["dropped_boxes"][0]["file"] == str(j)
     for page in ("report.md", "report.html"):
         assert "1 degenerate box(es)" in (tmp_path / "report" / page).read_text(), page
+
+
+def test_every_truth_set_is_checked_before_the_model_runs(tmp_path, export):
+    """Issue 13.3: a bad --shift set stops `hack eval` before any detection on --data."""
+    a = make_set(tmp_path / "A", 3, "tank-a")
+    b = make_set(tmp_path / "B", 2, "tank-b")
+    bad = b / "tank-b" / "img_01.json"
+    d = json.loads(bad.read_text())
+    d["shapes"][0]["label"] = "whale"
+    bad.write_text(json.dumps(d))
+    r = CliRunner().invoke(cli, ["eval", str(export), "--data", str(a), "--shift", str(b), "--out",
+                                 str(tmp_path / "r"), "--bootstrap", "20"])
+    assert r.exit_code == 1
+    assert "unknown class 'whale'" in r.output and "img_01.json" in r.output
+    assert "detect A" not in r.output  # no progress bar: not one photo of A was run through the model
+    assert not (tmp_path / "r").exists()
