@@ -170,7 +170,11 @@ def label_cmd(ctx, folder, member, print_command):
 def check_cmd(ctx, label_dirs, classes_csv, labels_file, quiet):
     """Validate labelme JSON (labelme 4.x and 5.x) against the class list and the photos.
 
-    Prints each problem with its file and fix, then boxes per class and scene.
+    Prints each problem with its file and fix, then boxes per class and scene. Among the errors:
+    a photo cut short by an interrupted copy (no JPEG end marker, PNG IEND, whole HEIC boxes;
+    found without decoding), a missing photo (the imagePath looked for, and where), a box more
+    than half off the photo (drawn for another size or orientation; a smaller overrun is clipped
+    with a warning). A class of the list with no box in any photo is warned.
     Exit 1 when there are errors, 0 with warnings only. The class list: --classes or --labels,
     else classes.txt or labelme's labels.txt in a LABEL_DIR or the folder above it (the file used
     is named; labelme's __ignore__ and _background_ lines are skipped), else the workspace's.

@@ -13,10 +13,13 @@ from pathlib import Path
 from labeling.errors import KitError
 from labeling.fileutil import display
 from labeling.labelme_io import read_labelme
-from labeling.photos import is_image_name, upright_size
+from labeling.photos import IMAGE_SUFFIXES, check_complete, is_image_name, upright_size
 
 DUPLICATE_IOU = 0.9
 CLIP_SILENTLY_PX = 1.0  # labelme lets a corner land a pixel outside; that is not a mistake
+# A box with more than this share of its area off the photo was drawn for another size or
+# orientation of the photo: an error. A smaller overrun is clipped to the photo with a warning.
+MOSTLY_OUTSIDE = 0.5
 REJECTED_SHAPES = {"circle": "a circle", "line": "a line", "linestrip": "a line strip",
                    "point": "a point", "points": "points", "mask": "a mask"}
 
@@ -170,9 +173,10 @@ def _check_file(root, path, base, classes, lookup, problems, drop_degenerate=Fal
     name = display(path)
     lf = read_labelme(path)
     if lf.image_data is None and lf.image_path is None:
-        raise KitError("its photo is missing (imagePath and no photo with the same name beside it). "
-                       "Fix: put the photo beside the JSON, or delete the JSON.")
-    w, h = upright_size(lf.image_source, display(lf.image_path) if lf.image_path else name + " (imageData)")
+        raise KitError(_missing_photo(path, lf.image_path_text))
+    photo_name = display(lf.image_path) if lf.image_path else name + " (imageData)"
+    w, h = upright_size(lf.image_source, photo_name)
+    check_complete(lf.image_source, photo_name)
     if lf.width and lf.height and (lf.width, lf.height) != (w, h):
         if (lf.width, lf.height) == (h, w):
             why = ("the photo was labeled sideways (a tool that ignored its EXIF orientation). "
@@ -193,6 +197,18 @@ def _check_file(root, path, base, classes, lookup, problems, drop_degenerate=Fal
         return None
     return Item(json_path=path, image_source=lf.image_source, key=display(Path(os.path.relpath(os.path.abspath(path), base)).as_posix()),
                 scene=scene_of(root, path), width=w, height=h, boxes=_drop_duplicates(boxes, classes, problems, name))
+
+
+def _missing_photo(path, image_path_text):
+    """The message for a labelme file whose photo is not found: what was looked for, and where."""
+    beside = f"no {path.stem}.jpg (or {', '.join(sorted(s for s in IMAGE_SUFFIXES if s != '.jpg'))}) beside it"
+    if not image_path_text:
+        return f"its photo is missing: the JSON has no imagePath, and there is {beside}. Fix: put the photo " \
+               "beside the JSON, or delete the JSON."
+    rel = image_path_text.replace("\\", "/")
+    looked = [path.parent / rel] + ([path.parent / Path(rel).name] if Path(rel).name != rel else [])
+    return (f"its photo is missing: imagePath {image_path_text!r} is not at {' nor at '.join(map(display, looked))}, "
+            f"and there is {beside}. Fix: put the photo there, or delete the JSON.")
 
 
 def _class_of(label, classes, lookup, where, errors, problems, name):
@@ -242,6 +258,12 @@ def _box_of(shape, where, w, h, errors, problems, name, drop_degenerate=False):
     if cx2 - cx1 < 1 or cy2 - cy1 < 1:
         errors.append(f"{where}: the box [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}] lies outside the {w}x{h} photo. "
                       "Fix: delete it and draw it on the object.")
+        return None
+    outside = 1 - (cx2 - cx1) * (cy2 - cy1) / ((x2 - x1) * (y2 - y1))
+    if outside > MOSTLY_OUTSIDE:
+        errors.append(f"{where}: {outside:.0%} of the box [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}] lies outside "
+                      f"the {w}x{h} photo: it was drawn for another size or orientation of the photo. Fix: open "
+                      "this photo in labelme and draw the box again on the object.")
         return None
     if max(cx1 - x1, cy1 - y1, x2 - cx2, y2 - cy2) > CLIP_SILENTLY_PX:
         problems.append(Problem("warning", name, f"{where}: the box runs off the {w}x{h} photo; it is clipped to "

@@ -76,9 +76,9 @@ def test_degenerate_and_outside_boxes(tmp_path):
 
 
 def test_box_partly_off_the_photo_is_clipped_with_a_warning(tmp_path):
-    r = one(tmp_path, [rect("fish", -30, 200, 100, 300)])
+    r = one(tmp_path, [rect("fish", -10, 150, 100, 250)])  # 18% of it off the photo: a slight overrun
     assert not r.errors and "clipped" in r.warnings[0].message
-    assert r.items[0].boxes == [(0, 0.0, 200.0, 100.0, 240.0)]
+    assert r.items[0].boxes == [(0, 0.0, 150.0, 100.0, 240.0)]
     r = one(tmp_path, [rect("fish", -0.5, 0, 100, 240.4)])  # labelme's own sub-pixel overshoot: silent
     assert not r.problems
 
@@ -230,3 +230,46 @@ def test_labelme_labels_txt_beside_the_data_is_the_class_list(tmp_path, monkeypa
     (tmp_path / "set" / "classes.txt").write_text("shark\nfish\n")  # the kit's own name comes first
     r = runner.invoke(cli, ["check", str(tmp_path / "set")])
     assert r.exit_code == 0 and "classes.txt (2 classes: shark, fish)" in r.output
+
+
+def test_a_box_mostly_off_the_photo_is_an_error_naming_its_size(tmp_path):
+    """Issue 13.4: 98% of a box outside the photo means labels for another size or orientation."""
+    r = one(tmp_path, [rect("fish", 300, 10, 400, 110)])  # 100x100, only 20x100 px on the 320x240 photo
+    assert r.errors and not r.items and "80% of the box [300, 10, 400, 110] lies outside the 320x240 photo" \
+        in r.errors[0].message and "Fix:" in r.errors[0].message
+    r = one(tmp_path, [rect("fish", 318, 10, 418, 110)])  # 98% outside: no longer clipped to a 2 px sliver
+    assert "98% of the box" in r.errors[0].message and not any("clipped" in w.message for w in r.warnings)
+    r = one(tmp_path, [rect("fish", -30, 200, 100, 300)])  # 69% outside, past MOSTLY_OUTSIDE
+    assert "69% of the box" in r.errors[0].message
+    r = one(tmp_path, [rect("fish", 250, 10, 330, 110)])  # 12% outside: clipped with a warning
+    assert not r.errors and r.items[0].boxes == [(0, 250.0, 10.0, 320.0, 110.0)]
+
+
+def test_a_cut_photo_is_an_error_of_check_for_each_format(tmp_path, make_photo):
+    """Issue 13.4: a photo cut mid-copy (JPEG, PNG, HEIC) is caught by check, without decoding it."""
+    for suffix in (".jpg", ".png", ".heic"):
+        folder = tmp_path / suffix[1:]
+        p = folder / f"a{suffix}"
+        make_photo(p, size=(320, 240))
+        labelme_json(p, [rect("fish", 10, 10, 100, 100)], size=(320, 240))
+        assert not check_labels([folder], CLASSES).problems, suffix
+        whole = p.read_bytes()
+        p.write_bytes(whole[: len(whole) * 2 // 3])
+        r = check_labels([folder], CLASSES)
+        assert len(r.errors) == 1 and not r.items, suffix
+        assert str(p) in r.errors[0].message and "cut short" in r.errors[0].message and "Fix:" in r.errors[0].message
+        assert p.read_bytes() == whole[: len(whole) * 2 // 3]  # the user's file is left as it was
+    # the CLI says it and exits 1
+    r = CliRunner().invoke(cli, ["check", str(tmp_path / "jpg"), "--classes", "fish,shark"])
+    assert r.exit_code == 1 and "a.jpg" in r.output and "no JPEG end-of-image marker" in r.output
+
+
+def test_a_missing_photo_names_the_imagepath_and_where_it_was_looked_for(tmp_path):
+    """Issue 13.4: which imagePath was looked for, and where."""
+    p = photo(tmp_path / "a.jpg")
+    labelme_json(p, [rect("fish", 1, 1, 50, 50)], imagePath="../DCIM/IMG_0042.JPG")
+    p.unlink()
+    r = check_labels([tmp_path], CLASSES)
+    msg = r.errors[0].message
+    assert "imagePath '../DCIM/IMG_0042.JPG'" in msg and str(tmp_path / "../DCIM/IMG_0042.JPG") in msg
+    assert str(tmp_path / "IMG_0042.JPG") in msg and "a.jpg" in msg and "Fix:" in msg
