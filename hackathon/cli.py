@@ -224,7 +224,7 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
     Writes train and val as .rec + .idx + .lst in im2rec's detection layout, classes.txt and
     manifest.json. Pixels are made upright and resized once. Same inputs, same bytes. The class
     list is found as `hack check` finds it (--classes/--labels, classes.txt or labels.txt beside
-    LABELS, the workspace's).
+    LABELS, the workspace's). Classes with no box in train (or, once trained, none in val) are named.
 
     \b
     Example:

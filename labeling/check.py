@@ -153,6 +153,12 @@ def check_labels(roots, classes, drop_degenerate=False) -> CheckReport:
                                            "at least one object). Fix: label the objects, or ignore this if none show."))
             continue
         report.items.append(item)
+    unused = [c for i, c in enumerate(classes) if not any(b[0] == i for it in report.items for b in it.boxes)]
+    if report.items and unused and not report.errors:  # with errors, a class may sit in a file not read
+        report.problems.append(Problem("warning", ", ".join(display(r) for r in roots),
+                                       f"class(es) {', '.join(unused)} of the class list have no box in any photo: "
+                                       "a model cannot learn them. Fix: label photos of them, or drop them from "
+                                       "the class list."))
     json_images = set(labeled_images)
     report.unlabeled = [p for p in photos if os.path.realpath(p) not in json_images
                         and not p.with_suffix(".json").exists()]

@@ -273,3 +273,23 @@ def test_a_missing_photo_names_the_imagepath_and_where_it_was_looked_for(tmp_pat
     msg = r.errors[0].message
     assert "imagePath '../DCIM/IMG_0042.JPG'" in msg and str(tmp_path / "../DCIM/IMG_0042.JPG") in msg
     assert str(tmp_path / "IMG_0042.JPG") in msg and "a.jpg" in msg and "Fix:" in msg
+
+
+def test_a_class_with_no_box_anywhere_is_warned_by_check_and_named_by_pack(tmp_path):
+    """Issue 13.8: the class list names 'ray', no photo has one."""
+    labeled_set(tmp_path / "set", n=4)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["check", str(tmp_path / "set"), "--classes", "fish,ray,shark"])
+    assert r.exit_code == 0, r.output
+    assert "warning:" in r.output and "class(es) ray of the class list have no box in any photo" in r.output
+    r = runner.invoke(cli, ["check", str(tmp_path / "set"), "--classes", "fish,shark"])
+    assert "no box in any photo" not in r.output
+    r = runner.invoke(cli, ["pack", str(tmp_path / "set"), "--out", str(tmp_path / "data"), "--classes", "fish,ray,shark"])
+    assert r.exit_code == 0, r.output
+    assert "class(es) ray have no box in train" in r.output
+    # a class whose every box is in the held-out scene is named too
+    labeled_set(tmp_path / "ws", n=4, classes=("fish",), scene="tank-a")
+    labeled_set(tmp_path / "ws", n=2, classes=("shark",), scene="tank-b")
+    r = runner.invoke(cli, ["pack", str(tmp_path / "ws"), "--out", str(tmp_path / "d2"), "--classes", "fish,shark",
+                            "--val-scene", "tank-b"])
+    assert r.exit_code == 0 and "class(es) shark have no box in train" in r.output
