@@ -37,12 +37,13 @@ def cli(ctx, project, verbose):
       hack capture                             or: phones send photos over Wi-Fi (QR code)
       hack label --member 1/3                  label your share in labelme
       hack check                               every problem, with its fix
-      hack pack photos --out data              train/val RecordIO
+      hack pack photos/tank-a --out data       train/val RecordIO of the training scene
       hack show data/train.rec --out grid.png  look at what training will see
       hack train data --out run --max-minutes 45   fine-tune the SSD (curves.png per epoch)
       hack export run --out export             the model the judges score
       hack shift photos TEST --out shift       how far the test scene is (what to shoot more of)
-      hack eval export --data data/val.rec --shift TEST --out report
+      hack eval export --data data/val.rec --shift photos/tank-b --out report
+                                               (tank-b: a second scene you labeled, not packed)
 
     \b
     The judges:
@@ -358,8 +359,11 @@ def export_cmd(run, out, weights):
 @cli.command("eval")
 @click.argument("export", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="The labeled set: a labelme folder or a packed .rec.")
-@click.option("--shift", type=click.Path(path_type=Path), help="A second labeled set from another scene: report the gap.")
+              help="A labeled set of the scene you trained in: data/val.rec from `hack pack` (the held-out "
+                   "photos), or a labelme folder (photos + JSON) training never saw.")
+@click.option("--shift", type=click.Path(path_type=Path),
+              help="A labeled set of another scene, a labelme folder (e.g. photos/tank-b: photos of a second place "
+                   "you shot and labeled yourself, not packed for training): report the gap.")
 @click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path),
               help="Score this predictions file (.json/.csv) on --data instead of running an EXPORT.")
 @click.option("--shift-predictions", type=click.Path(dir_okay=False, path_type=Path),
@@ -382,12 +386,16 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
     Every labeled set is read and checked before the model runs, so a bad --shift set stops at
     once. A truth box thinner than a pixel (a 0x0 box) is left out, warned and noted in the report.
 
+    The organizers' test labels stay hidden; for --shift, shoot and label a second scene yourself
+    (`hack import ~/phone/other --scene tank-b`, `hack label`) and pack only the training scene
+    (`hack pack photos/tank-a --out data`).
+
     \b
     Examples:
-      hack eval export --data test-a --shift test-b --out report
-      hack eval --predictions a.json --data test-a --out report
-      hack eval --predictions a.json --data test-a \\
-                --shift-predictions b.json --shift test-b --out report
+      hack eval export --data data/val.rec --shift photos/tank-b --out report
+      hack eval --predictions a.json --data photos/tank-b --out report
+      hack eval --predictions a.json --data labeled-a \\
+                --shift-predictions b.json --shift photos/tank-b --out report
     """
     from hackathon.evaluate import run_eval, terminal_summary
     from labeling.workspace import classes_from_option

@@ -3,7 +3,10 @@ the numbers (perfect predictions give 1, half the detections give the known valu
 retention follow), the files (metrics.json's shape, a self-contained and escaped HTML page, PNGs),
 the two ways of giving a detector agreeing, and clear errors for wrong flag combinations."""
 import json
+import shlex
+import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -193,3 +196,34 @@ def test_every_truth_set_is_checked_before_the_model_runs(tmp_path, export):
     assert "unknown class 'whale'" in r.output and "img_01.json" in r.output
     assert "detect A" not in r.output  # no progress bar: not one photo of A was run through the model
     assert not (tmp_path / "r").exists()
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_command(start):
+    """The first command of the README's evening block that starts with `start`, as argv (no comment)."""
+    line = next(l for l in README.read_text().splitlines() if l.startswith(start))
+    return shlex.split(line.split("#")[0])[1:]  # drop "hack"
+
+
+def test_the_readme_eval_command_runs_as_written_in_its_workspace(tmp_path, export, monkeypatch):
+    """Issue 13.10: the README's `hack eval export --data ... --shift ...` names sets a team has:
+    the val set `hack pack` wrote and a second scene it labeled itself; --help says what each is."""
+    from labeling.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "fishy", CLASSES).root
+    labeled_set(ws / "photos", n=6, classes=CLASSES, scene="tank-a", size=(200, 150))
+    labeled_set(ws / "photos", n=3, classes=CLASSES, scene="tank-b", size=(200, 150))
+    shutil.copytree(export, ws / "export")
+    monkeypatch.chdir(ws)
+    pack = readme_command("hack pack ")
+    r = CliRunner().invoke(cli, pack, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    args = readme_command("hack eval export ")
+    r = CliRunner().invoke(cli, args + ["--bootstrap", "20"], catch_exceptions=False)
+    assert r.exit_code == 0, (args, r.output)
+    m = json.loads((ws / args[args.index("--out") + 1] / "metrics.json").read_text())
+    assert m["in_scene"]["n_images"] >= 1 and m["shift"]["n_images"] == 3  # the second scene, not packed
+    help_text = " ".join(CliRunner().invoke(cli, ["eval", "--help"]).output.split())
+    assert "data/val.rec from `hack pack`" in help_text and "labeled yourself" in help_text
