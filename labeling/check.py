@@ -29,7 +29,7 @@ class Problem:
     severity: str  # "error" or "warning"
     file: str
     message: str
-    kind: str = ""  # "degenerate": a box too thin to be an object, left out (truth only)
+    kind: str = ""  # "degenerate": a box too thin to be an object, left out (truth only); "unused-class"
 
     def __str__(self):
         return f"{self.severity}: {self.file}: {self.message}"
@@ -158,7 +158,7 @@ def check_labels(roots, classes, drop_degenerate=False) -> CheckReport:
         report.problems.append(Problem("warning", ", ".join(display(r) for r in roots),
                                        f"class(es) {', '.join(unused)} of the class list have no box in any photo: "
                                        "a model cannot learn them. Fix: label photos of them, or drop them from "
-                                       "the class list."))
+                                       "the class list.", kind="unused-class"))
     json_images = set(labeled_images)
     report.unlabeled = [p for p in photos if os.path.realpath(p) not in json_images
                         and not p.with_suffix(".json").exists()]
