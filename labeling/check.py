@@ -207,14 +207,14 @@ def _check_file(root, path, base, classes, lookup, problems, drop_degenerate=Fal
 
 def _missing_photo(path, image_path_text):
     """The message for a labelme file whose photo is not found: what was looked for, and where."""
-    beside = f"no {path.stem}.jpg (or {', '.join(sorted(s for s in IMAGE_SUFFIXES if s != '.jpg'))}) beside it"
+    beside = f"no photo {path.stem}.* ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}) is beside the JSON"
     if not image_path_text:
-        return f"its photo is missing: the JSON has no imagePath, and there is {beside}. Fix: put the photo " \
+        return f"its photo is missing: the JSON has no imagePath, and {beside}. Fix: put the photo " \
                "beside the JSON, or delete the JSON."
     rel = image_path_text.replace("\\", "/")
-    looked = [path.parent / rel] + ([path.parent / Path(rel).name] if Path(rel).name != rel else [])
+    looked = [Path(os.path.normpath(path.parent / rel))] + ([path.parent / Path(rel).name] if Path(rel).name != rel else [])
     return (f"its photo is missing: imagePath {image_path_text!r} is not at {' nor at '.join(map(display, looked))}, "
-            f"and there is {beside}. Fix: put the photo there, or delete the JSON.")
+            f"and {beside}. Fix: put the photo there, or delete the JSON.")
 
 
 def _class_of(label, classes, lookup, where, errors, problems, name):
