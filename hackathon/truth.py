@@ -173,7 +173,8 @@ def _read_labelme_folder(folder: Path, classes):
     if dup:
         raise KitError(f"{display(folder)}: two labelme files name the image {dup[0]}. Fix: delete one of them.")
     return Truth(classes, t["images"], t["boxes"], t["labels"], t["sizes"], t["difficult"], root=folder,
-                 source=display(folder), dropped=[(p.file, p.message) for p in dropped], unlabeled=[_name(folder, p, None) for p in report.unlabeled],
+                 source=display(folder), unlabeled=[_name(folder, p, None) for p in report.unlabeled],
+                 dropped=[(p.file, p.message) for p in dropped],
                  classes_from=_classes_from(given, classes_file, folder), _pixels=t["pixels"])
 
 
