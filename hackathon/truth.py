@@ -7,7 +7,7 @@ which is how `hack predict FOLDER` names its rows. Boxes are corners in pixels o
   list. A labelme file with no shapes is an image with nothing on it (false positives on it count);
   a photo with no labelme file at all is *not* part of the truth (nobody said what is on it) and is
   listed in ``Truth.unlabeled``. A shape with the labelme flag ``difficult`` checked is a
-  "difficult" object: neither found nor missed (see hackathon/metrics.py).
+  "difficult" object: neither found nor missed (see hackathon/evaluate/metrics.py).
   A box thinner than a pixel (real exports hold a few, e.g. 0x0) is no object: it is left out of
   the truth, for every team alike, and listed in ``Truth.dropped`` (eval and score warn and say
   so in their reports); `hack check` and `hack pack` keep it an error in training labels.
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 
 
 @dataclass

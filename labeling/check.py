@@ -10,8 +10,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 from labeling.labelme_io import read_labelme
 from labeling.photos import IMAGE_SUFFIXES, check_complete, is_image_name, upright_size
 
@@ -123,7 +123,7 @@ def check_labels(roots, classes, drop_degenerate=False) -> CheckReport:
     """Read and judge every labelme file below `roots`. Never raises for a bad file: each problem
     is a `Problem` in the report, so one bad file never hides the others.
 
-    `drop_degenerate` is for the judges' truth (hackathon/truth.py): a box thinner than a pixel is
+    `drop_degenerate` is for the judges' truth (hackathon/evaluate/truth.py): a box thinner than a pixel is
     left out with a warning of kind "degenerate" instead of being an error. Training labels stay
     strict (the default): such a box is an error that stops `hack pack`."""
     report = CheckReport(classes=list(classes))
