@@ -39,12 +39,13 @@ def cli(ctx, project, verbose):
       hack capture                             or: phones send photos over Wi-Fi (QR code)
       hack label --member 1/3                  label your share in labelme
       hack check                               every problem, with its fix
-      hack pack photos --out data              train/val RecordIO
+      hack pack photos/tank-a --out data       train/val RecordIO of the training scene
       hack show data/train.rec --out grid.png  look at what training will see
       hack train data --out run --max-minutes 45   fine-tune the SSD (curves.png per epoch)
       hack export run --out export             the model the judges score
       hack shift photos TEST --out shift       how far the test scene is (what to shoot more of)
-      hack eval export --data data/val.rec --shift TEST --out report
+      hack eval export --data data/val.rec --shift photos/tank-b --out report
+                                               (tank-b: a second scene you labeled, not packed)
 
     \b
     The judges:
@@ -63,15 +64,23 @@ def workspace(ctx, required=True):
     return find_workspace(ctx.obj.get("project"), required=required)
 
 
-def classes_for(ctx, classes_csv, labels_file):
-    """--classes/--labels when given, else the workspace's class list."""
-    from labeling.workspace import classes_from_option
+def classes_for(ctx, classes_csv, labels_file, data=()):
+    """--classes/--labels when given, else classes.txt or labelme's labels.txt beside the data
+    (in a data folder or the one above it; said on stderr), else the workspace's class list."""
+    from hackathon.core.fileutil import display
+    from labeling.workspace import classes_from_option, find_class_file, read_classes
 
     classes = classes_from_option(classes_csv, labels_file)
+    if classes is None and data:
+        found = find_class_file(data)
+        if found is not None:
+            classes = read_classes(found)
+            click.echo(f"class list: {display(found)} ({len(classes)} classes: {', '.join(classes)})", err=True)
     if classes is None:
         ws = workspace(ctx, required=False)
         if ws is None:
-            raise KitError("no class list: run inside a workspace (`hack init`), or pass --classes a,b or --labels FILE.")
+            raise KitError("no class list: no classes.txt or labels.txt beside the data, and not inside a "
+                           "workspace. Fix: put classes.txt beside the labels, or pass --classes a,b or --labels FILE.")
         classes = ws.classes
     return classes
 
@@ -165,17 +174,24 @@ def label_cmd(ctx, folder, member, print_command):
 def check_cmd(ctx, label_dirs, classes_csv, labels_file, quiet):
     """Validate labelme JSON (labelme 4.x and 5.x) against the class list and the photos.
 
-    Prints each problem with its file and fix, then boxes per class and scene.
-    Exit 1 when there are errors, 0 with warnings only.
+    Prints each problem with its file and fix, then boxes per class and scene. Among the errors:
+    a photo cut short by an interrupted copy (no JPEG end marker, PNG IEND, whole HEIC boxes;
+    found without decoding), a missing photo (the imagePath looked for, and where), a box more
+    than half off the photo (drawn for another size or orientation; a smaller overrun is clipped
+    with a warning). A class of the list with no box in any photo is warned.
+    Exit 1 when there are errors, 0 with warnings only. The class list: --classes or --labels,
+    else classes.txt or labelme's labels.txt in a LABEL_DIR or the folder above it (the file used
+    is named; labelme's __ignore__ and _background_ lines are skipped), else the workspace's.
 
     \b
     Example:
       hack check                     # the workspace photos
+      hack check labelme-folder/     # its labels.txt (or classes.txt) is the class list
       hack check labels/ --labels classes.txt
     """
     from labeling.check import check_labels
 
-    classes = classes_for(ctx, classes_csv, labels_file)
+    classes = classes_for(ctx, classes_csv, labels_file, label_dirs)
     roots = label_dirs or [workspace(ctx).photos_dir]
     report = check_labels(roots, classes)
     if not report.files and not report.unlabeled:
@@ -210,9 +226,11 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
     """Check LABELS (labelme folders or files), then write train/val RecordIO to --out.
 
     Writes train and val as .rec + .idx + .lst in im2rec's detection layout, classes.txt and
-    manifest.json. Pixels are made upright and resized once. Same inputs, same bytes. --out is
-    built beside and swapped in whole (an older pack there is replaced; a folder holding other
-    files, or inside an input folder, is refused).
+    manifest.json. Pixels are made upright and resized once. Same inputs, same bytes. The class
+    list is found as `hack check` finds it (--classes/--labels, classes.txt or labels.txt beside
+    LABELS, the workspace's). Classes with no box in train (or, once trained, none in val) are named.
+    --out is built beside and swapped in whole (an older pack there is replaced; a folder holding
+    other files, or inside an input folder, is refused).
 
     \b
     Example:
@@ -222,7 +240,7 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
     from labeling.check import check_labels
     from labeling.pack import check_out_folder, pack_dataset
 
-    classes = classes_for(ctx, classes_csv, labels_file)
+    classes = classes_for(ctx, classes_csv, labels_file, labels)
     roots = labels or [workspace(ctx).photos_dir]
     check_out_folder(roots, out)
     report = check_labels(roots, classes)
@@ -370,8 +388,11 @@ def export_cmd(run, out, weights, int8, calib, calib_mode):
 @cli.command("eval")
 @click.argument("export", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="The labeled set: a labelme folder or a packed .rec.")
-@click.option("--shift", type=click.Path(path_type=Path), help="A second labeled set from another scene: report the gap.")
+              help="A labeled set of the scene you trained in: data/val.rec from `hack pack` (the held-out "
+                   "photos), or a labelme folder (photos + JSON) training never saw.")
+@click.option("--shift", type=click.Path(path_type=Path),
+              help="A labeled set of another scene, a labelme folder (e.g. photos/tank-b: photos of a second place "
+                   "you shot and labeled yourself, not packed for training): report the gap.")
 @click.option("--predictions", type=click.Path(dir_okay=False, path_type=Path),
               help="Score this predictions file (.json/.csv) on --data instead of running an EXPORT.")
 @click.option("--shift-predictions", type=click.Path(dir_okay=False, path_type=Path),
@@ -392,13 +413,19 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
     format). Reports VOC07 mAP@0.5, VOC mAP@0.5, COCO AP@[.5:.95] and AP50 per set and class with
     95% bootstrap intervals over images; with --shift the gap (in - shift) and the retention
     (shift / in). Writes OUT/metrics.json, report.md, report.html, pr_curves.png, examples.png.
+    Every labeled set is read and checked before the model runs, so a bad --shift set stops at
+    once. A truth box thinner than a pixel (a 0x0 box) is left out, warned and noted in the report.
+
+    The organizers' test labels stay hidden; for --shift, shoot and label a second scene yourself
+    (`hack import ~/phone/other --scene tank-b`, `hack label`) and pack only the training scene
+    (`hack pack photos/tank-a --out data`).
 
     \b
     Examples:
-      hack eval export --data test-a --shift test-b --out report
-      hack eval --predictions a.json --data test-a --out report
-      hack eval --predictions a.json --data test-a \\
-                --shift-predictions b.json --shift test-b --out report
+      hack eval export --data data/val.rec --shift photos/tank-b --out report
+      hack eval --predictions a.json --data photos/tank-b --out report
+      hack eval --predictions a.json --data labeled-a \\
+                --shift-predictions b.json --shift photos/tank-b --out report
     """
     from hackathon.evaluate.evaluation import run_eval, terminal_summary
     from labeling.workspace import classes_from_option
@@ -537,7 +564,8 @@ def score_cmd(truth, submissions, out, db_path, metric, in_scene, n_boot, seed, 
     the earlier submission; 95% bootstrap intervals; ≈ marks a paired-bootstrap tie with the team
     above. Scoring the same files again changes nothing; two scorers may share one --db.
     The board shows every team's latest result for this test set, metric and --bootstrap/--seed,
-    whichever run sharing --db scored it.
+    whichever run sharing --db scored it. A truth box thinner than a pixel (a 0x0 box) is left out
+    for every team alike: warned with its file and shape, and noted on the board.
 
     \b
     Example:

@@ -14,13 +14,16 @@ from pathlib import Path
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display
 from labeling.labelme_io import read_labelme
-from labeling.photos import is_image_name, upright_size
+from labeling.photos import IMAGE_SUFFIXES, check_complete, is_image_name, upright_size
 
 DUPLICATE_IOU = 0.9
 CLIP_SILENTLY_PX = 1.0  # labelme lets a corner land a pixel outside; that is not a mistake
 # labelme clamps points to the photo while drawing: a point more than a whole photo width (height)
 # beyond its edge was written by a script or a hand edit gone wrong, so it is an error, not a clip.
 ABSURD_OUTSIDE = 1.0  # in photo widths (heights) past the edge
+# A box with more than this share of its area off the photo was drawn for another size or
+# orientation of the photo: an error. A smaller overrun is clipped to the photo with a warning.
+MOSTLY_OUTSIDE = 0.5
 REJECTED_SHAPES = {"circle": "a circle", "line": "a line", "linestrip": "a line strip",
                    "point": "a point", "points": "points", "mask": "a mask"}
 
@@ -30,6 +33,7 @@ class Problem:
     severity: str  # "error" or "warning"
     file: str
     message: str
+    kind: str = ""  # "degenerate": a box too thin to be an object, left out (truth only); "unused-class"
 
     def __str__(self):
         return f"{self.severity}: {self.file}: {self.message}"
@@ -119,9 +123,13 @@ def scene_of(root: Path, json_path: Path) -> str:
     return parts[0] if len(parts) > 1 else (root.resolve().name or "default")
 
 
-def check_labels(roots, classes) -> CheckReport:
+def check_labels(roots, classes, drop_degenerate=False) -> CheckReport:
     """Read and judge every labelme file below `roots`. Never raises for a bad file: each problem
-    is a `Problem` in the report, so one bad file never hides the others."""
+    is a `Problem` in the report, so one bad file never hides the others.
+
+    `drop_degenerate` is for the judges' truth (hackathon/evaluate/truth.py): a box thinner than a pixel is
+    left out with a warning of kind "degenerate" instead of being an error. Training labels stay
+    strict (the default): such a box is an error that stops `hack pack`."""
     report = CheckReport(classes=list(classes))
     jsons, photos = find_label_files(roots)
     report.files = len(jsons)
@@ -131,7 +139,7 @@ def check_labels(roots, classes) -> CheckReport:
     for root, path in jsons:
         name = display(path)
         try:
-            item = _check_file(root, path, base, classes, lookup, report.problems)
+            item = _check_file(root, path, base, classes, lookup, report.problems, drop_degenerate)
         except KitError as e:
             report.problems.append(Problem("error", name, str(e).removeprefix(name + ": ")))
             continue
@@ -149,6 +157,12 @@ def check_labels(roots, classes) -> CheckReport:
                                            "at least one object). Fix: label the objects, or ignore this if none show."))
             continue
         report.items.append(item)
+    unused = [c for i, c in enumerate(classes) if not any(b[0] == i for it in report.items for b in it.boxes)]
+    if report.items and unused and not report.errors:  # with errors, a class may sit in a file not read
+        report.problems.append(Problem("warning", ", ".join(display(r) for r in roots),
+                                       f"class(es) {', '.join(unused)} of the class list have no box in any photo: "
+                                       "a model cannot learn them. Fix: label photos of them, or drop them from "
+                                       "the class list.", kind="unused-class"))
     json_images = set(labeled_images)
     report.unlabeled = [p for p in photos if os.path.realpath(p) not in json_images
                         and not p.with_suffix(".json").exists()]
@@ -165,13 +179,14 @@ def _label_lookup(classes):
     return {" ".join(c.split()).casefold(): i for i, c in enumerate(classes)}
 
 
-def _check_file(root, path, base, classes, lookup, problems):
+def _check_file(root, path, base, classes, lookup, problems, drop_degenerate=False):
     name = display(path)
     lf = read_labelme(path)
     if lf.image_data is None and lf.image_path is None:
-        raise KitError("its photo is missing (imagePath and no photo with the same name beside it). "
-                       "Fix: put the photo beside the JSON, or delete the JSON.")
-    w, h = upright_size(lf.image_source, display(lf.image_path) if lf.image_path else name + " (imageData)")
+        raise KitError(_missing_photo(path, lf.image_path_text))
+    photo_name = display(lf.image_path) if lf.image_path else name + " (imageData)"
+    w, h = upright_size(lf.image_source, photo_name)
+    check_complete(lf.image_source, photo_name)
     if lf.width and lf.height and (lf.width, lf.height) != (w, h):
         if (lf.width, lf.height) == (h, w):
             why = ("the photo was labeled sideways (a tool that ignored its EXIF orientation). "
@@ -183,7 +198,7 @@ def _check_file(root, path, base, classes, lookup, problems):
     for k, shape in enumerate(lf.shapes, 1):
         where = f"shape {k} ({shape.label!r})"
         cls = _class_of(shape.label, classes, lookup, where, errors, problems, name)
-        box = _box_of(shape, where, w, h, errors, problems, name)
+        box = _box_of(shape, where, w, h, errors, problems, name, drop_degenerate)
         if cls is not None and box is not None:
             boxes.append((cls,) + box)
     for message in errors:
@@ -192,6 +207,18 @@ def _check_file(root, path, base, classes, lookup, problems):
         return None
     return Item(json_path=path, image_source=lf.image_source, key=display(Path(os.path.relpath(os.path.abspath(path), base)).as_posix()),
                 scene=scene_of(root, path), width=w, height=h, boxes=_drop_duplicates(boxes, classes, problems, name))
+
+
+def _missing_photo(path, image_path_text):
+    """The message for a labelme file whose photo is not found: what was looked for, and where."""
+    beside = f"no photo {path.stem}.* ({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))}) is beside the JSON"
+    if not image_path_text:
+        return f"its photo is missing: the JSON has no imagePath, and {beside}. Fix: put the photo " \
+               "beside the JSON, or delete the JSON."
+    rel = image_path_text.replace("\\", "/")
+    looked = [Path(os.path.normpath(path.parent / rel))] + ([path.parent / Path(rel).name] if Path(rel).name != rel else [])
+    return (f"its photo is missing: imagePath {image_path_text!r} is not at {' nor at '.join(map(display, looked))}, "
+            f"and {beside}. Fix: put the photo there, or delete the JSON.")
 
 
 def _class_of(label, classes, lookup, where, errors, problems, name):
@@ -213,7 +240,7 @@ def _class_of(label, classes, lookup, where, errors, problems, name):
     return None
 
 
-def _box_of(shape, where, w, h, errors, problems, name):
+def _box_of(shape, where, w, h, errors, problems, name, drop_degenerate=False):
     kind = shape.shape_type
     if kind in REJECTED_SHAPES:
         errors.append(f"{where}: {REJECTED_SHAPES[kind]} is not a box. Fix: draw a rectangle (Ctrl+R) around "
@@ -238,6 +265,11 @@ def _box_of(shape, where, w, h, errors, problems, name):
     if kind == "polygon":
         problems.append(Problem("warning", name, f"{where}: a polygon; its bounding box "
                                 f"[{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}] is used. Fix: nothing, or redraw as a rectangle."))
+    if (x2 - x1 < 1 or y2 - y1 < 1) and drop_degenerate:
+        problems.append(Problem("warning", name, f"{where}: a {x2 - x1:.1f}x{y2 - y1:.1f} px box is no object; "
+                                "left out of the truth, the same for every submission. Fix: delete it or redraw "
+                                "it in labelme.", kind="degenerate"))
+        return None
     if x2 - x1 < 1 or y2 - y1 < 1:
         errors.append(f"{where}: the box is {x2 - x1:.1f}x{y2 - y1:.1f} px, too thin to be an object. "
                       "Fix: delete it or redraw it around the object.")
@@ -246,6 +278,12 @@ def _box_of(shape, where, w, h, errors, problems, name):
     if cx2 - cx1 < 1 or cy2 - cy1 < 1:
         errors.append(f"{where}: the box [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}] lies outside the {w}x{h} photo. "
                       "Fix: delete it and draw it on the object.")
+        return None
+    outside = 1 - (cx2 - cx1) * (cy2 - cy1) / ((x2 - x1) * (y2 - y1))
+    if outside > MOSTLY_OUTSIDE:
+        errors.append(f"{where}: {outside:.0%} of the box [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}] lies outside "
+                      f"the {w}x{h} photo: it was drawn for another size or orientation of the photo. Fix: open "
+                      "this photo in labelme and draw the box again on the object.")
         return None
     if max(cx1 - x1, cy1 - y1, x2 - cx2, y2 - cy2) > CLIP_SILENTLY_PX:
         problems.append(Problem("warning", name, f"{where}: the box runs off the {w}x{h} photo; it is clipped to "

@@ -28,6 +28,7 @@ class LabelmeFile:
     json_path: Path
     image_path: Path = None  # the image file, when one is found
     image_data: bytes = None  # the embedded image, when the JSON carries one
+    image_path_text: str = ""  # the JSON's imagePath as written, for messages
     width: int = None
     height: int = None
     shapes: list = field(default_factory=list)
@@ -88,6 +89,7 @@ def read_labelme(path) -> LabelmeFile:
         except (binascii.Error, TypeError, ValueError):
             raise KitError(f"{display(path)}: the embedded imageData is not valid base64. Fix: delete the "
                            "imageData value (set it to null) with the photo beside the JSON.") from None
+    lf.image_path_text = d.get("imagePath") if isinstance(d.get("imagePath"), str) else ""
     lf.image_path = find_image(path, d.get("imagePath"))
     return lf
 

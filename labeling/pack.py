@@ -233,6 +233,11 @@ def pack_dataset(roots, out, classes, val_fraction=0.2, seed=0, val_scene=None, 
                not manifest["splits"]["val"]["per_class"].get(c)]
     manifest["warnings"] = ([f"class(es) {', '.join(missing)} have no box in val: their mAP cannot be measured. "
                              "Fix: label more photos of them, or change --seed."] if missing and val else [])
+    untrained = [c for c in classes if not manifest["splits"]["train"]["per_class"].get(c)]
+    if untrained:
+        manifest["warnings"].insert(0, f"class(es) {', '.join(untrained)} have no box in train: the model cannot "
+                                       "learn them (their AP will be 0). Fix: label photos of them, or drop them "
+                                       "from the class list.")
     return manifest
 
 

@@ -98,6 +98,74 @@ def upright_size(source, name=None):
         return (h, w) if orientation(im) in _SWAPS else (w, h)
 
 
+def check_complete(source, name=None):
+    """KitError when the photo file was cut short (a copy interrupted mid-file), judged from its
+    structure alone, without decoding a pixel: a JPEG needs an end-of-image marker after its first
+    scan, a PNG its IEND chunk, a HEIC/HEIF/AVIF (ISO BMFF) file top-level boxes that fit in the
+    file, a WebP the size its RIFF header declares. Other formats are left to the decoder.
+    `upright_size` reads only the header, so a half-copied photo passes it."""
+    name = name or display(source)
+    if isinstance(source, (bytes, bytearray)):
+        why = _cut_short(source)
+    else:
+        import mmap
+
+        try:
+            with open(source, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                why = _cut_short(data)  # pages are read only where the markers are, not the whole file
+        except (OSError, ValueError):  # unreadable or empty: upright_size says which
+            return
+    if why:
+        raise KitError(f"{name}: the image is corrupt or truncated (cut short: {why}; a copy interrupted "
+                       "mid-file?). Fix: copy it again from the phone, or remove it.")
+
+
+def _cut_short(data):
+    """Why `data` (bytes or an mmap) is an incomplete image file, or '' when it looks whole."""
+    n = len(data)
+    head = bytes(data[:16])
+    if head[:3] == b"\xff\xd8\xff":
+        i = 2
+        while i + 4 <= n:
+            if data[i] != 0xFF:  # an odd header the decoder may still read: ask only for the end marker
+                return "" if data.rfind(b"\xff\xd9", i) != -1 else "no JPEG end-of-image marker"
+            marker = data[i + 1]
+            if marker == 0xFF:  # a fill byte
+                i += 1
+            elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+                i += 2
+            elif marker == 0xDA:  # the first scan (a thumbnail's marker, in EXIF, comes before it)
+                return "" if data.rfind(b"\xff\xd9", i) != -1 else "no JPEG end-of-image marker"
+            else:
+                i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        return "the JPEG header is cut before its first scan"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        i = 8
+        while i + 12 <= n:
+            length, kind = int.from_bytes(data[i:i + 4], "big"), bytes(data[i + 4:i + 8])
+            if kind == b"IEND":
+                return ""
+            i += 12 + length
+        return "no PNG IEND chunk"
+    if head[4:8] == b"ftyp":  # HEIC, HEIF, AVIF: a sequence of boxes, each with its size
+        i = 0
+        while i < n:
+            if i + 8 > n:
+                return "a HEIC box header is cut"
+            size = int.from_bytes(data[i:i + 4], "big")
+            if size == 1:
+                size = int.from_bytes(data[i + 8:i + 16], "big") if i + 16 <= n else n + 1
+            elif size == 0:  # the last box runs to the end of the file
+                return ""
+            if size < 8 or i + size > n:
+                return f"a HEIC box ({bytes(data[i + 4:i + 8]).decode('latin-1')!r}) runs past the end of the file"
+            i += size
+        return ""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "" if n >= 8 + int.from_bytes(head[4:8], "little") else "shorter than its RIFF header says"
+    return ""
+
+
 def to_rgb(im):
     """8-bit RGB from any mode a phone, a scanner or an editor writes (alpha goes onto white)."""
     if "transparency" in im.info and im.mode in ("L", "RGB"):

@@ -20,6 +20,8 @@ from hackathon.core.fileutil import display, file_lock, write_json_atomic, write
 MARKER = Path(".hack") / "workspace.json"
 # labelme's own labels files start with these two pseudo-classes; they are not objects.
 LABELME_PSEUDO_CLASSES = {"__ignore__", "_background_"}
+# A class list found beside the data: the kit's own name first, then labelme's.
+CLASS_FILES = ("classes.txt", "labels.txt")
 SCENE_RE = re.compile(r"^[\w][\w.+-]*$")
 
 
@@ -77,6 +79,30 @@ def classes_from_option(classes_csv=None, labels_file=None):
     if classes_csv:
         return parse_classes("\n".join(classes_csv.split(",")), "--classes")
     return None
+
+
+def find_class_file(paths):
+    """The class file beside the data in `paths` (folders or labelme files): ``classes.txt`` or
+    labelme's ``labels.txt`` in a data folder (a file's own folder) or the folder above it, the
+    first found; None when there is none. KitError when two data folders' class files differ.
+
+    >>> find_class_file(["test-scene"])          # test-scene/labels.txt, as labelme keeps it
+    PosixPath('test-scene/labels.txt')
+    """
+    found = []
+    for p in paths:
+        p = Path(p)
+        folder = p.parent if p.is_file() else p
+        hit = next((d / name for d in (folder, folder.parent) for name in CLASS_FILES if (d / name).is_file()), None)
+        if hit is not None and all(os.path.realpath(hit) != os.path.realpath(f) for f in found):
+            found.append(hit)
+    if len(found) > 1:
+        lists = [read_classes(f) for f in found]
+        other = next((f for f, c in zip(found, lists) if c != lists[0]), None)
+        if other is not None:
+            raise KitError(f"{display(found[0])} and {display(other)} list different classes. "
+                           "Fix: pass the one to use with --labels FILE.")
+    return found[0] if found else None
 
 
 def check_scene_name(scene: str) -> str:

@@ -316,7 +316,9 @@ light and zoom) narrows the gap a little; photos of the test conditions narrow i
 ## Your turn
 
 - `hack shift photos/tank-a organizers/sample --out shift-report` with the organizers' sample photos.
-- `hack eval export --data val-labels --shift test-labels --out report`, then open `report/report.html`.""",
+- `hack eval export --data data/val.rec --shift photos/tank-b --out report` (`data/val.rec`: the
+  photos `hack pack` held out; `photos/tank-b`: a second scene you shot and labeled yourself and did
+  not pack for training), then open `report/report.html`.""",
 ]
 
 JUDGING = [

@@ -23,6 +23,11 @@ def one(tmp_path, shapes, size=(320, 240), **extra):
     return check_labels([tmp_path], CLASSES)
 
 
+def mistakes(report):
+    """The problems of the files themselves: not the warning that a class of the list has no box."""
+    return [p for p in report.problems if p.kind != "unused-class"]
+
+
 def messages(report, severity=None):
     return [p.message for p in report.problems if severity in (None, p.severity)]
 
@@ -76,11 +81,11 @@ def test_degenerate_and_outside_boxes(tmp_path):
 
 
 def test_box_partly_off_the_photo_is_clipped_with_a_warning(tmp_path):
-    r = one(tmp_path, [rect("fish", -30, 200, 100, 300)])
+    r = one(tmp_path, [rect("fish", -10, 150, 100, 250)])  # 18% of it off the photo: a slight overrun
     assert not r.errors and "clipped" in r.warnings[0].message
-    assert r.items[0].boxes == [(0, 0.0, 200.0, 100.0, 240.0)]
+    assert r.items[0].boxes == [(0, 0.0, 150.0, 100.0, 240.0)]
     r = one(tmp_path, [rect("fish", -0.5, 0, 100, 240.4)])  # labelme's own sub-pixel overshoot: silent
-    assert not r.problems
+    assert not mistakes(r)
 
 
 def test_json_size_differs_from_the_photo(tmp_path):
@@ -143,7 +148,8 @@ def test_labelme4_files_match_labelmes_own_voc_export():
     classes = read_classes(FIXTURES / "bbox_detection" / "labels.txt")
     assert "__ignore__" not in classes and "potted plant" in classes
     r = check_labels([FIXTURES / "bbox_detection" / "data_annotated"], classes)
-    assert not r.problems and len(r.items) == 3
+    assert not mistakes(r) and len(r.items) == 3
+    assert "have no box in any photo" in r.warnings[-1].message  # 3 photos of VOC's 20 classes
     for item in r.items:
         xml = FIXTURES / "bbox_detection" / "data_dataset_voc" / "Annotations" / (item.json_path.stem + ".xml")
         voc = [(classes.index(o.find("name").text),) + tuple(float(o.find("bndbox").find(k).text)
@@ -217,7 +223,7 @@ def test_photo_sizes_from_header_only(tmp_path, monkeypatch):
         m.setattr(ImageFile.ImageFile, "load", no_decoding)
         m.setattr(Image.Image, "load", no_decoding)
         r = check_labels([tmp_path], CLASSES)
-    assert not r.problems and r.items[0].width == 4032
+    assert not mistakes(r) and r.items[0].width == 4032
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e300, -5000.0])
@@ -234,7 +240,7 @@ def test_non_finite_or_absurd_coordinates_are_errors(tmp_path, bad):
 
 def test_a_point_less_than_a_photo_size_off_is_still_clipped(tmp_path):
     r = one(tmp_path, [rect("fish", -300, 10, 100, 470)])  # 320x240: within one photo size of the edge
-    assert not r.errors and "clipped" in r.warnings[0].message
+    assert not r.errors and any("clipped" in w.message for w in r.warnings)
 
 
 @pytest.mark.parametrize("file_form,label_form", [("NFC", "NFD"), ("NFD", "NFC")])
@@ -248,7 +254,7 @@ def test_a_label_typed_in_another_unicode_form_is_its_class(tmp_path, file_form,
     p = photo(tmp_path / "photos" / "a.jpg")
     labelme_json(p, [rect(unicodedata.normalize(label_form, name), 10, 10, 100, 100)])
     result = CliRunner().invoke(cli, ["check", str(tmp_path / "photos"), "--labels", str(tmp_path / "classes.txt")])
-    assert result.exit_code == 0 and "0 error(s), 0 warning(s)" in result.output, result.output
+    assert result.exit_code == 0 and "0 error(s)" in result.output and "unknown class" not in result.output, result.output
     r = check_labels([tmp_path / "photos"], read_classes(tmp_path / "classes.txt"))
     assert r.items[0].boxes[0][0] == 1
 
@@ -261,3 +267,86 @@ def test_a_json_nested_too_deep_is_one_error_and_the_rest_is_checked(tmp_path):
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     assert "aa.json: not a labelme file (JSON nested too deeply to read)" in result.output
     assert "3 photo(s) with boxes" in result.output and "1 error(s)" in result.output
+
+
+def test_labelme_labels_txt_beside_the_data_is_the_class_list(tmp_path, monkeypatch):
+    """Issue 13.1: a labelme folder's own labels.txt (with __ignore__, _background_) is found and named."""
+    monkeypatch.chdir(tmp_path)  # not a workspace
+    labeled_set(tmp_path / "set", n=4)
+    (tmp_path / "set" / "labels.txt").write_text("__ignore__\n_background_\nfish\nshark\n")
+    runner = CliRunner()
+    r = runner.invoke(cli, ["check", str(tmp_path / "set")])
+    assert r.exit_code == 0, r.output
+    assert f"class list: {tmp_path / 'set' / 'labels.txt'} (2 classes: fish, shark)" in r.output
+    assert "unknown class" not in r.output
+    r = runner.invoke(cli, ["check", str(tmp_path / "set"), "--classes", "fish"])  # the flag still wins
+    assert r.exit_code == 1 and "unknown class 'shark'" in r.output and "class list:" not in r.output
+    r = runner.invoke(cli, ["pack", str(tmp_path / "set"), "--out", str(tmp_path / "data")])
+    assert r.exit_code == 0, r.output
+    assert "labels.txt" in r.output and read_classes(tmp_path / "data" / "classes.txt") == ["fish", "shark"]
+    (tmp_path / "set" / "classes.txt").write_text("shark\nfish\n")  # the kit's own name comes first
+    r = runner.invoke(cli, ["check", str(tmp_path / "set")])
+    assert r.exit_code == 0 and "classes.txt (2 classes: shark, fish)" in r.output
+
+
+def test_a_box_mostly_off_the_photo_is_an_error_naming_its_size(tmp_path):
+    """Issue 13.4: 98% of a box outside the photo means labels for another size or orientation."""
+    r = one(tmp_path, [rect("fish", 300, 10, 400, 110)])  # 100x100, only 20x100 px on the 320x240 photo
+    assert r.errors and not r.items and "80% of the box [300, 10, 400, 110] lies outside the 320x240 photo" \
+        in r.errors[0].message and "Fix:" in r.errors[0].message
+    r = one(tmp_path, [rect("fish", 318, 10, 418, 110)])  # 98% outside: no longer clipped to a 2 px sliver
+    assert "98% of the box" in r.errors[0].message and not any("clipped" in w.message for w in r.warnings)
+    r = one(tmp_path, [rect("fish", -30, 200, 100, 300)])  # 69% outside, past MOSTLY_OUTSIDE
+    assert "69% of the box" in r.errors[0].message
+    r = one(tmp_path, [rect("fish", 250, 10, 330, 110)])  # 12% outside: clipped with a warning
+    assert not r.errors and r.items[0].boxes == [(0, 250.0, 10.0, 320.0, 110.0)]
+
+
+def test_a_cut_photo_is_an_error_of_check_for_each_format(tmp_path, make_photo):
+    """Issue 13.4: a photo cut mid-copy (JPEG, PNG, HEIC) is caught by check, without decoding it."""
+    for suffix in (".jpg", ".png", ".heic"):
+        folder = tmp_path / suffix[1:]
+        p = folder / f"a{suffix}"
+        make_photo(p, size=(320, 240))
+        labelme_json(p, [rect("fish", 10, 10, 100, 100)], size=(320, 240))
+        assert not mistakes(check_labels([folder], CLASSES)), suffix
+        whole = p.read_bytes()
+        p.write_bytes(whole[: len(whole) * 2 // 3])
+        r = check_labels([folder], CLASSES)
+        assert len(r.errors) == 1 and not r.items, suffix
+        assert str(p) in r.errors[0].message and "cut short" in r.errors[0].message and "Fix:" in r.errors[0].message
+        assert p.read_bytes() == whole[: len(whole) * 2 // 3]  # the user's file is left as it was
+    # the CLI says it and exits 1
+    r = CliRunner().invoke(cli, ["check", str(tmp_path / "jpg"), "--classes", "fish,shark"])
+    assert r.exit_code == 1 and "a.jpg" in r.output and "no JPEG end-of-image marker" in r.output
+
+
+def test_a_missing_photo_names_the_imagepath_and_where_it_was_looked_for(tmp_path):
+    """Issue 13.4: which imagePath was looked for, and where."""
+    p = photo(tmp_path / "a.jpg")
+    labelme_json(p, [rect("fish", 1, 1, 50, 50)], imagePath="../DCIM/IMG_0042.JPG")
+    p.unlink()
+    r = check_labels([tmp_path], CLASSES)
+    msg = r.errors[0].message
+    assert "imagePath '../DCIM/IMG_0042.JPG'" in msg and str(tmp_path.parent / "DCIM" / "IMG_0042.JPG") in msg
+    assert str(tmp_path / "IMG_0042.JPG") in msg and "no photo a.* (" in msg and "Fix:" in msg
+
+
+def test_a_class_with_no_box_anywhere_is_warned_by_check_and_named_by_pack(tmp_path):
+    """Issue 13.8: the class list names 'ray', no photo has one."""
+    labeled_set(tmp_path / "set", n=4)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["check", str(tmp_path / "set"), "--classes", "fish,ray,shark"])
+    assert r.exit_code == 0, r.output
+    assert "warning:" in r.output and "class(es) ray of the class list have no box in any photo" in r.output
+    r = runner.invoke(cli, ["check", str(tmp_path / "set"), "--classes", "fish,shark"])
+    assert "no box in any photo" not in r.output
+    r = runner.invoke(cli, ["pack", str(tmp_path / "set"), "--out", str(tmp_path / "data"), "--classes", "fish,ray,shark"])
+    assert r.exit_code == 0, r.output
+    assert "class(es) ray have no box in train" in r.output
+    # a class whose every box is in the held-out scene is named too
+    labeled_set(tmp_path / "ws", n=4, classes=("fish",), scene="tank-a")
+    labeled_set(tmp_path / "ws", n=2, classes=("shark",), scene="tank-b")
+    r = runner.invoke(cli, ["pack", str(tmp_path / "ws"), "--out", str(tmp_path / "d2"), "--classes", "fish,shark",
+                            "--val-scene", "tank-b"])
+    assert r.exit_code == 0 and "class(es) shark have no box in train" in r.output

@@ -3,7 +3,10 @@ the numbers (perfect predictions give 1, half the detections give the known valu
 retention follow), the files (metrics.json's shape, a self-contained and escaped HTML page, PNGs),
 the two ways of giving a detector agreeing, and clear errors for wrong flag combinations."""
 import json
+import shlex
+import shutil
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -177,3 +180,68 @@ def test_examples_show_the_detections_there_are_when_none_reaches_the_threshold(
     sheet = np.asarray(Image.open(tmp_path / "report" / "examples.png").convert("RGB"))
     # the class "a<b>&c" is drawn in PALETTE[1], a colour the photos do not have
     assert (sheet == PALETTE[1]).all(2).sum() > 100
+
+
+def test_degenerate_truth_boxes_are_left_out_warned_and_in_the_report(tmp_path):
+    """Issue 13.2: `hack eval` on a truth holding 0x0 boxes scores it, names each, says so in the report."""
+    a = make_set(tmp_path / "A", 4, "tank-a")
+    (tmp_path / "a.json").write_text(json.dumps(truth_rows(a)))
+    j = a / "tank-a" / "img_02.json"
+    d = json.loads(j.read_text())
+    d["shapes"].append(dict(d["shapes"][0], points=[[30, 30], [30, 30]]))
+    j.write_text(json.dumps(d))
+    r = invoke("eval", "--predictions", tmp_path / "a.json", "--data", a, "--out", tmp_path / "report", "--bootstrap", "20")
+    assert r.exit_code == 0, r.output
+    assert f"warning: {j}: shape 2 ('fish'): a 0.0x0.0 px box is no object" in r.output
+    m = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert m["in_scene"]["voc07_map50"] == pytest.approx(1.0) and m["in_scene"]["n_boxes"] == 4
+    assert m["in_scene"]["dropped_boxes"][0]["file"] == str(j)
+    for page in ("report.md", "report.html"):
+        assert "1 degenerate box(es)" in (tmp_path / "report" / page).read_text(), page
+
+
+def test_every_truth_set_is_checked_before_the_model_runs(tmp_path, export):
+    """Issue 13.3: a bad --shift set stops `hack eval` before any detection on --data."""
+    a = make_set(tmp_path / "A", 3, "tank-a")
+    b = make_set(tmp_path / "B", 2, "tank-b")
+    bad = b / "tank-b" / "img_01.json"
+    d = json.loads(bad.read_text())
+    d["shapes"][0]["label"] = "whale"
+    bad.write_text(json.dumps(d))
+    r = CliRunner().invoke(cli, ["eval", str(export), "--data", str(a), "--shift", str(b), "--out",
+                                 str(tmp_path / "r"), "--bootstrap", "20"])
+    assert r.exit_code == 1
+    assert "unknown class 'whale'" in r.output and "img_01.json" in r.output
+    assert "detect A" not in r.output  # no progress bar: not one photo of A was run through the model
+    assert not (tmp_path / "r").exists()
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_command(start):
+    """The first command of the README's evening block that starts with `start`, as argv (no comment)."""
+    line = next(l for l in README.read_text().splitlines() if l.startswith(start))
+    return shlex.split(line.split("#")[0])[1:]  # drop "hack"
+
+
+def test_the_readme_eval_command_runs_as_written_in_its_workspace(tmp_path, export, monkeypatch):
+    """Issue 13.10: the README's `hack eval export --data ... --shift ...` names sets a team has:
+    the val set `hack pack` wrote and a second scene it labeled itself; --help says what each is."""
+    from labeling.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "fishy", CLASSES).root
+    labeled_set(ws / "photos", n=6, classes=CLASSES, scene="tank-a", size=(200, 150))
+    labeled_set(ws / "photos", n=3, classes=CLASSES, scene="tank-b", size=(200, 150))
+    shutil.copytree(export, ws / "export")
+    monkeypatch.chdir(ws)
+    pack = readme_command("hack pack ")
+    r = CliRunner().invoke(cli, pack, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    args = readme_command("hack eval export ")
+    r = CliRunner().invoke(cli, args + ["--bootstrap", "20"], catch_exceptions=False)
+    assert r.exit_code == 0, (args, r.output)
+    m = json.loads((ws / args[args.index("--out") + 1] / "metrics.json").read_text())
+    assert m["in_scene"]["n_images"] >= 1 and m["shift"]["n_images"] == 3  # the second scene, not packed
+    help_text = " ".join(CliRunner().invoke(cli, ["eval", "--help"]).output.split())
+    assert "data/val.rec from `hack pack`" in help_text and "labeled yourself" in help_text

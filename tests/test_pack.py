@@ -116,7 +116,8 @@ def test_one_thread_or_several_same_bytes_and_the_process_is_put_back(tmp_path):
 
 
 def test_a_cut_photo_stops_the_pack_naming_it_and_writes_nothing(tmp_path):
-    """`hack check` reads headers only; the pixels of a half-copied photo fail in the decoding threads."""
+    """The check before packing finds a half-copied photo from its missing end marker (issue 13.4),
+    before any photo is decoded or any file written."""
     labeled_set(tmp_path / "labels", n=8, size=(1600, 1200))
     cut = tmp_path / "labels" / "img_05.jpg"
     data = cut.read_bytes()

@@ -20,7 +20,7 @@ from hackathon.evaluate.metrics import percentile_interval as interval
 from hackathon.judge.ranking import paired_tie, rank
 from hackathon.judge.score import score_submissions
 from hackathon.judge.submissions import Limits, Submission, discover, open_submission
-from labelme_data import labeled_set
+from labelme_data import labeled_set, labelme_json, photo, rect
 
 CLASSES = ("fish", "shark")
 
@@ -566,3 +566,52 @@ def test_a_too_big_predictions_file_names_the_cap_and_the_flag_that_shrinks_it(t
     assert "past the scorer's fixed cap of 2 MB for a predictions file" in sub.error
     assert "not --max-file-mb" in sub.error and "hack predict --keep" in sub.error
     assert "--threshold" not in sub.error
+
+
+def test_score_names_the_labelme_labels_txt_it_read(tmp_path):
+    """Issue 13.1: the judges' truth with labelme's own labels.txt; the file used is said."""
+    labeled_set(tmp_path / "test", n=6, classes=CLASSES)
+    (tmp_path / "test" / "labels.txt").write_text("__ignore__\n_background_\nfish\nshark\n")
+    inbox = tmp_path / "inbox"
+    team_folder(inbox, "perfect", preds())
+    r = CliRunner().invoke(cli, ["score", "--truth", str(tmp_path / "test"), "--submissions", str(inbox),
+                                 "--out", str(tmp_path / "out"), "--bootstrap", "100"])
+    assert r.exit_code == 0, r.output
+    assert f"{tmp_path / 'test' / 'labels.txt'} (2 classes: fish, shark)" in r.output
+    assert "1. perfect  1.0000" in r.output
+
+
+def add_degenerate_boxes(root):
+    """Two 0x0 boxes on a labeled photo and a photo whose only box is 0.5x0.5 px, as real exports hold."""
+    j = root / "img_01.json"
+    d = json.loads(j.read_text())
+    d["shapes"] += [rect("fish", 5, 5, 5, 5), rect("shark", 60, 60, 60, 60)]
+    j.write_text(json.dumps(d))
+    labelme_json(photo(root / "tiny.jpg"), [rect("fish", 10, 10, 10.5, 10.5)])
+
+
+def test_degenerate_truth_boxes_are_left_out_for_everyone_and_said(tmp_path):
+    """Issue 13.2: the judges' truth with 0x0 and 0.5x0.5 boxes is scored, warned, noted on the board."""
+    truth = make_truth(tmp_path / "test")
+    add_degenerate_boxes(truth)
+    inbox = tmp_path / "inbox"
+    team_folder(inbox, "perfect", preds())
+    team_folder(inbox, "half", preds(which=range(3)))
+    r = CliRunner().invoke(cli, ["score", "--truth", str(truth), "--submissions", str(inbox),
+                                 "--out", str(tmp_path / "out"), "--bootstrap", "100"])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {truth / 'img_01.json'}: shape 2 ('fish'): a 0.0x0.0 px box" in r.output
+    assert f"{truth / 'tiny.json'}: shape 1 ('fish'): a 0.5x0.5 px box" in r.output
+    assert "1. perfect  1.0000" in r.output  # the left-out boxes are no misses
+    for board in ("leaderboard.md", "leaderboard.html"):
+        text = (tmp_path / "out" / board).read_text()
+        assert "3 degenerate box(es)" in text and "tiny.json" in text, board
+    # the photo whose only box was left out stays in the truth, with nothing on it
+    team_folder(inbox, "noisy", preds() + [{"image": "tiny.jpg", "label": "fish", "score": 0.99,
+                                            "bbox": [10, 10, 60, 60]}])
+    res = score_submissions(truth, inbox, tmp_path / "out2", n_boot=100)
+    by = {row["team"]: row for row in res["board"]["rows"]}
+    assert by["noisy"]["score"] < by["perfect"]["score"] == pytest.approx(1.0)
+    # training labels stay strict
+    r = CliRunner().invoke(cli, ["check", str(truth)])
+    assert r.exit_code == 1 and "too thin to be an object" in r.output

@@ -60,25 +60,32 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
     if predictions is not None and (shift is None) != (shift_predictions is None):
         raise KitError("with --predictions, --shift SET needs --shift-predictions FILE (the detections on that set), "
                        "and the other way round. Fix: give both or neither.")
+    truths = []
+    for key, path, pred_file in (("in_scene", data, predictions), ("shift", shift, shift_predictions)):
+        if path is None:
+            continue
+        truth = read_truth(path, classes)  # every set is read and judged before any model runs
+        if truth.classes_note():
+            echo(truth.classes_note())
+        for line in truth.dropped_warnings():
+            echo(line)
+        if truth.unlabeled:
+            echo(f"warning: {len(truth.unlabeled)} photo(s) in {truth.source} have no labelme file and are not "
+                 f"scored (e.g. {truth.unlabeled[0]}). Fix: label them, with no shapes if nothing is on them.")
+        classes = truth.classes
+        truths.append((key, truth, pred_file))
     detector = None
     if export is not None:
         from hackathon.deploy.predict import load_detector
 
         detector = load_detector(export)
     sets = []
-    for key, path, pred_file in (("in_scene", data, predictions), ("shift", shift, shift_predictions)):
-        if path is None:
-            continue
-        truth = read_truth(path, classes)
+    for key, truth, pred_file in truths:
         extra = [c for c in detector.classes if c not in truth.classes] if detector else []
-        if extra:  # they have no truth: left out of every mean, and said so
+        if extra and truth is truths[0][1]:  # they have no truth: left out of every mean, and said so (once)
             echo(f"warning: the model's class(es) {', '.join(extra)} are not in the class list of {truth.source} "
                  f"({', '.join(truth.classes)}); their detections are not scored. Fix: train with the event's classes.")
-            truth.classes = truth.classes + extra
-        classes = truth.classes
-        if truth.unlabeled:
-            echo(f"warning: {len(truth.unlabeled)} photo(s) in {truth.source} have no labelme file and are not "
-                 f"scored (e.g. {truth.unlabeled[0]}). Fix: label them, with no shapes if nothing is on them.")
+        truth.classes = truth.classes + extra
         if detector is not None:
             preds = Predictions.from_rows(_detect_all(detector, truth, progress), truth, source=display(export))
         else:
@@ -129,6 +136,8 @@ def build_result(sets, n_boot=1000, seed=0, threshold=0.3):
             entry["per_class"][name]["ci95"] = {m: _ci(boot[s.key][m][:, c]) for m in METRICS}
         entry["size_buckets"] = size_buckets(s, threshold)
         entry["images"] = per_image(s, threshold)
+        entry["dropped_boxes"] = [{"file": f, "message": m} for f, m in s.truth.dropped]
+        entry["dropped_note"] = s.truth.dropped_note()
         result[s.key] = entry
     if len(sets) == 2:
         a, b = (result[k] for k in SET_KEYS)
@@ -240,6 +249,7 @@ def report_blocks(sets, result, threshold):
         for r, m in zip(rows, METRICS):
             r += [_fmt(result["gap"][m], result["gap_ci95"][m]), _fmt(result["retention"][m], result["retention_ci95"][m])]
     b += [("h2", "Metrics (95% bootstrap interval)"), ("table", (head, rows)),
+          *[("p", f"{k}: {result[k]['dropped_note']}") for k in src if result[k].get("dropped_note")],
           ("p", f"Intervals: {result['bootstrap']['resamples']} resamples of the images ({result['bootstrap']['interval']}). "
                 "Means over the classes that have truth; hackathon/evaluate/metrics.py defines each metric.")]
     b += [("h2", "Per class")]

@@ -8,6 +8,9 @@ which is how `hack predict FOLDER` names its rows. Boxes are corners in pixels o
   a photo with no labelme file at all is *not* part of the truth (nobody said what is on it) and is
   listed in ``Truth.unlabeled``. A shape with the labelme flag ``difficult`` checked is a
   "difficult" object: neither found nor missed (see hackathon/evaluate/metrics.py).
+  A box thinner than a pixel (real exports hold a few, e.g. 0x0) is no object: it is left out of
+  the truth, for every team alike, and listed in ``Truth.dropped`` (eval and score warn and say
+  so in their reports); `hack check` and `hack pack` keep it an error in training labels.
 - **.rec** (`hack pack`'s layout): boxes in pixels of the packed image; names from the
   ``manifest.json`` beside it, so they equal the names `hack predict` gives the labelme folder the
   set was packed from. Predictions must then be made on the packed pixels (`hack eval EXPORT
@@ -32,8 +35,6 @@ from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display
 from labeling.recordio import parse_detection_label
 
-CLASS_FILES = ("classes.txt", "labels.txt")
-
 
 @dataclass
 class Truth:
@@ -48,6 +49,8 @@ class Truth:
     root: Path = None  # the folder image names are relative to; None for a .rec
     source: str = ""  # what was read, for messages
     unlabeled: list = field(default_factory=list)  # photos under root without a labelme file
+    dropped: list = field(default_factory=list)  # (labelme file, message): degenerate boxes left out
+    classes_from: str = ""  # where the class list came from (a class file, the labels used); "" if given
     _pixels: dict = field(default_factory=dict, repr=False)  # image -> Path | bytes | ("rec", key)
 
     def __post_init__(self):
@@ -61,6 +64,31 @@ class Truth:
             if len(self.boxes[name]) != n or len(self.difficult[name]) != n:
                 raise ValueError(f"{name}: {len(self.boxes[name])} boxes, {n} labels, {len(self.difficult[name])} flags")
         self.index = {name: i for i, name in enumerate(self.images)}
+
+    def classes_note(self) -> str:
+        """One line saying which class list was read ('' when the caller gave it)."""
+        if not self.classes_from:
+            return ""
+        return f"class list of {self.source}: {self.classes_from} ({len(self.classes)} classes: {', '.join(self.classes)})"
+
+    def dropped_warnings(self) -> list:
+        """One warning line per degenerate box left out, naming its file and shape."""
+        return [f"warning: {file}: {message}" for file, message in self.dropped]
+
+    def dropped_note(self) -> str:
+        """One line for a report or the board on the degenerate boxes left out ('' when none)."""
+        if not self.dropped:
+            return ""
+        short = [f"{self._relative(file)} {message.split(' is no object')[0]}" for file, message in self.dropped[:3]]
+        more = f"; and {len(self.dropped) - 3} more" if len(self.dropped) > 3 else ""
+        return (f"{len(self.dropped)} degenerate box(es) (thinner than a pixel) left out of the truth {self.source}, "
+                f"the same for every submission: {'; '.join(short)}{more}.")
+
+    def _relative(self, file):
+        try:
+            return Path(file).relative_to(self.root).as_posix() if self.root is not None else file
+        except ValueError:
+            return file
 
     @property
     def n_boxes(self) -> int:
@@ -96,16 +124,6 @@ def read_truth(path, classes=None) -> Truth:
     return _read_labelme_folder(path, classes)
 
 
-def _classes_near(folder: Path):
-    from labeling.workspace import read_classes
-
-    for d in (folder, folder.parent):
-        for name in CLASS_FILES:
-            if (d / name).is_file():
-                return read_classes(d / name)
-    return None
-
-
 def _labels_used(jsons):
     from labeling.labelme_io import read_labelme
     from labeling.workspace import LABELME_PSEUDO_CLASSES
@@ -126,11 +144,15 @@ def _read_labelme_folder(folder: Path, classes):
     if not jsons:
         raise KitError(f"{display(folder)}: no labelme files. Fix: label the test photos with labelme "
                        "(`hack label FOLDER`) or give the folder that holds their JSON files.")
-    classes = list(classes) if classes else (_classes_near(folder) or _labels_used(jsons))
+    from labeling.workspace import find_class_file, read_classes
+
+    given = bool(classes)
+    classes_file = None if classes else find_class_file([folder])
+    classes = list(classes) if classes else (read_classes(classes_file) if classes_file else _labels_used(jsons))
     if not classes:
         raise KitError(f"{display(folder)}: no class names (no classes.txt and no labeled shapes). "
                        "Fix: put classes.txt beside the labels, or pass the classes.")
-    report = check_labels([folder], classes)
+    report = check_labels([folder], classes, drop_degenerate=True)
     if report.errors:
         shown = "\n  ".join(str(p) for p in report.errors[:10])
         more = f"\n  ... and {len(report.errors) - 10} more" if len(report.errors) > 10 else ""
@@ -144,15 +166,24 @@ def _read_labelme_folder(folder: Path, classes):
              [b[1:] for b in item.boxes], [b[0] for b in item.boxes],
              [(b[0],) + tuple(b[1:]) in flags for b in item.boxes])
         done.add(item.json_path)
+    dropped = [p for p in report.problems if p.kind == "degenerate"]
+    emptied = {p.file for p in dropped}
     for _, p in jsons:  # empty images: check_labels skips them (nothing to pack), evaluation needs them
         if p not in done:
-            _add_if_empty(t, folder, p)
+            _add_if_empty(t, folder, p, emptied=display(p) in emptied)
     dup = [n for n, k in Counter(t["images"]).items() if k > 1]
     if dup:
         raise KitError(f"{display(folder)}: two labelme files name the image {dup[0]}. Fix: delete one of them.")
     return Truth(classes, t["images"], t["boxes"], t["labels"], t["sizes"], t["difficult"], root=folder,
                  source=display(folder), unlabeled=[_name(folder, p, None) for p in report.unlabeled],
-                 _pixels=t["pixels"])
+                 dropped=[(p.file, p.message) for p in dropped],
+                 classes_from=_classes_from(given, classes_file, folder), _pixels=t["pixels"])
+
+
+def _classes_from(given, classes_file, folder):
+    if given:
+        return ""
+    return display(classes_file) if classes_file else f"the labels used in {display(folder)} (no classes.txt or labels.txt)"
 
 
 def _name(folder, image_source, json_path):
@@ -171,13 +202,17 @@ def _add(t, folder, json_path, source, w, h, boxes, labels, difficult):
         t["pixels"][name] = source
 
 
-def _add_if_empty(t, folder, json_path):
+def _add_if_empty(t, folder, json_path, emptied=False):
+    """Add an image with no boxes: a labelme file with no shapes, or (`emptied`) one whose every
+    box was degenerate and left out."""
     from labeling.labelme_io import read_labelme
     from labeling.photos import upright_size
 
     lf = read_labelme(json_path)
-    if lf.shapes or lf.image_source is None:
+    if (lf.shapes and not emptied) or lf.image_source is None:
         return  # a second file on an already labeled photo (check warned), or no photo (check erred)
+    if emptied and _name(folder, lf.image_source, json_path) in t["images"]:
+        return  # a second file on a photo already read
     w, h = upright_size(lf.image_source, display(json_path))
     _add(t, folder, json_path, lf.image_source, w, h, [], [], [])
 
@@ -297,4 +332,4 @@ def _read_rec(rec: Path, classes):
     if not t["images"]:
         raise KitError(f"{display(rec)}: no records. Fix: pack labeled photos with `hack pack`.")
     return Truth(classes, t["images"], t["boxes"], t["labels"], t["sizes"], t["difficult"], root=None,
-                 source=display(rec), _pixels=pixels)
+                 source=display(rec), classes_from=display(beside) if classes is rec_classes else "", _pixels=pixels)

@@ -94,6 +94,7 @@ def to_markdown(board):
     lines = [f"# Leaderboard: {md_text(metric)}", "",
              f"{run.get('n_images', 0)} test images, scored {when}; ≈ marks a statistical tie with the team "
              "above (paired bootstrap, 95%).", "",
+             *[line for n in board.get("notes", []) for line in (md_text(n), "")],
              "| " + " | ".join(md_text(h) for h in head + ["status", "message"]) + " |",
              "|" + "|".join("---" for _ in head + ["status", "message"]) + "|"]
     for r in board["rows"]:
@@ -141,6 +142,7 @@ def to_html(board):
 Intervals: 95% bootstrap over test images ({esc(run.get('n_boot', 0))} resamples); ≈ marks a statistical
 tie with the team above (paired bootstrap: the 95% interval of the difference contains 0).
 {'Gap = in-scene − test score; retention = test ÷ in-scene.' if shift else ''}</p>
+{''.join(f'<p class="note">{esc(n)}</p>' for n in board.get("notes", []))}
 <table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>
 <h2>Chart</h2>{chart_svg(board)}
 <h2>Per-class AP ({esc(metric)})</h2>{per_class_table(board)}

@@ -14,6 +14,9 @@ One run, top to bottom (:func:`score_submissions`):
 5. rank every team's latest result for this truth from the history (other runs sharing ``--db``
    included) and write leaderboard.csv/.md/.html (hackathon/judge/board.py).
 
+A box in the truth thinner than a pixel (real exports hold a few) is left out for every team
+alike (hackathon/evaluate/truth.py); the scorer warns with its file and shape, and the board says so.
+
 A bad submission is listed as invalid with its message; the others are still scored. A submission
 that breaks the scorer itself (a bug) is listed as ``error`` with the exception, and the
 traceback goes to stderr: one hostile file never stops the judging.
@@ -56,11 +59,20 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
     submissions_dir, out = Path(submissions_dir), Path(out)
     db_path = Path(db_path) if db_path else out / "leaderboard.db"
     _check_arguments(submissions_dir, out, db_path, metric)
+    echo = echo or (lambda *a: None)
     truth = read_truth(truth_path)
+    if truth.classes_note():
+        echo(truth.classes_note())
+    for line in truth.dropped_warnings():
+        echo(line)
     if not truth.n_boxes:
         raise KitError(f"{display(truth_path)}: the test set has no labeled boxes, so nothing can be scored. "
                        "Fix: label it in labelme first (hack check to see).")
     in_truth = read_truth(in_scene) if in_scene else None
+    if in_truth is not None and in_truth.classes_note():
+        echo(in_truth.classes_note())
+    for line in in_truth.dropped_warnings() if in_truth is not None else []:
+        echo(line)
     subs = discover(submissions_dir)
     if not subs:
         raise KitError(f"{display(submissions_dir)}: no submissions in it. Fix: one folder or .zip a team.")
@@ -72,16 +84,19 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
                "in_path": Path(in_scene).resolve() if in_scene else None, "metric": metric,
                "weights": None, "n_boot": n_boot, "seed": seed, "timeout": model_timeout_s, "tmp": Path(tmp)}
         run_id, new, statuses = _score_run(db_path, run, subs, ctx, echo or (lambda *a: None), progress)
-    board, paths = _write_truth_board(db_path, run["config"], out)
+    notes = [t.dropped_note() for t in (truth, in_truth) if t is not None and t.dropped]
+    board, paths = _write_truth_board(db_path, run["config"], out, notes)
     return {"run_id": run_id, "board": board, "paths": paths, "db": db_path, "new_run": new, "statuses": statuses}
 
 
-def _write_truth_board(db_path, config, out):
+def _write_truth_board(db_path, config, out, notes=()):
     """The board for this truth (every team any scorer sharing the history ranked under the same
     config), read and written while holding the history's write lock: the scorer that writes last
-    read last, so the files never lose a team another scorer added meanwhile."""
+    read last, so the files never lose a team another scorer added meanwhile. `notes` (e.g. truth
+    boxes left out) go on the board."""
     with history.connect(db_path) as db, history.transaction(db):
         board = history.truth_board(db, config)
+        board["notes"] = list(notes)
         return board, write_board(board, out)
 
 
