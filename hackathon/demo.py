@@ -173,10 +173,10 @@ def train_step(data, out, minutes, echo=print, progress=True):
     from hackathon.train import TrainConfig, train
 
     cfg = TrainConfig(data=str(data), out=str(out / "run"), data_shape=300, max_minutes=minutes, patience=0)
-    echo(f"5/{STEPS} train: at most {minutes:g} min on the CPU (hack train --minutes for longer)")
+    echo(f"5/{STEPS} train: {minutes:g} min on the CPU, all of them (hack demo --minutes for longer)")
     summary = train(cfg, echo=lambda m: echo("    " + m), progress=progress)
-    echo(f"    best val mAP@0.5 {summary['best_map50']:.4f} at epoch {summary['best_epoch']}; "
-         f"curves: {Path(summary['run']) / 'curves.png'}")
+    echo(f"    best val mAP@0.5 {summary['best_map50']:.4f} at epoch {summary['best_epoch']:g}; limited by "
+         f"{summary['stopped_by']}; curves: {Path(summary['run']) / 'curves.png'}")
     return summary
 
 
