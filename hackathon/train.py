@@ -376,12 +376,17 @@ class Budget:
     def left(self):
         return None if self.total is None else self.total - self.used()
 
+    # Seconds the clock cannot see: the interpreter and imports before `started`, the process's
+    # teardown after the last save (measured on 2 busy CPU cores: 94 s for a 90 s budget without it).
+    OUTSIDE = 8.0
+
     def finish_estimate(self, val_images, seconds_per_image):
         """Seconds to hold back for validating and saving."""
         if self.finish is not None:
-            return 1.25 * self.finish + 1.0
-        # validation is a forward pass (~1/3 of a training step's cost) plus tracing, NMS, the metric
-        return 6.0 + 0.6 * val_images * seconds_per_image
+            return self.OUTSIDE + 1.25 * self.finish
+        # validation is a forward pass (~1/3 of a training step's cost) plus tracing, NMS, the metric;
+        # the first save imports matplotlib for curves.png
+        return self.OUTSIDE + 8.0 + 0.6 * val_images * seconds_per_image
 
     def over(self, val_images, seconds_per_image):
         """True when training must stop now to finish within the budget."""

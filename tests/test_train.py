@@ -342,7 +342,7 @@ def test_the_budget_wins_holds_the_last_validation_and_says_what_limited_the_run
     assert [r["epoch"] for r in RunDirRows(run)] == [1, 2, 3]
     state = read_state(run)
     assert state["budget_seconds"] <= 120 and state["stopped_by"] == "time budget"
-    assert "stopped by the time budget (2 min) after epoch 3: another epoch needs ~37 s, 15 s are left" in result.output
+    assert "stopped by the time budget (2 min) after epoch 3: another epoch needs ~44 s, 15 s are left" in result.output
     assert "limited by time budget" in result.output.splitlines()[-1]
 
     # --max-minutes 1 on resume: one more minute (one more whole epoch), never a scrap of one recorded as an epoch
