@@ -82,7 +82,8 @@ def check_config(cfg):
              ("--cpus", cfg.cpus, cfg.cpus >= 0, "0 (one context) or a count of CPU contexts"),
              ("--workers", cfg.workers, cfg.workers >= 0, "0 (in the training process) or more processes"),
              ("--patience", cfg.patience, cfg.patience >= 0, "0 (never stop early) or more epochs"),
-             ("--max-minutes", cfg.max_minutes, cfg.max_minutes >= 0, "0 (no budget) or more minutes"),
+             ("--max-minutes", cfg.max_minutes, math.isfinite(cfg.max_minutes) and cfg.max_minutes >= 0,
+              "0 (no budget) or more minutes"),
              ("--freeze-blocks", cfg.freeze_blocks, 0 <= cfg.freeze_blocks <= 17, "0 to 17 (MobileNetV2 has 17 blocks)"),
              ("--optimizer", cfg.optimizer, cfg.optimizer in ("adam", "sgd"), "adam or sgd")]
     for flag, value, ok, takes in rules:

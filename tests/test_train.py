@@ -381,6 +381,7 @@ def test_a_budget_too_small_for_one_epoch_validates_and_saves_what_it_has(data, 
 @pytest.mark.parametrize("extra, message", [
     (["--epochs", "0"], "--epochs 0: takes 1 or more (0, no epoch limit, only with --max-minutes"),
     (["--max-minutes", "-1"], "--max-minutes -1.0: takes 0 (no budget) or more minutes"),
+    (["--max-minutes", "inf"], "--max-minutes inf: takes 0 (no budget) or more minutes"),
 ])
 def test_a_bad_limit_is_one_line_naming_the_flag(data, tmp_path, extra, message):
     result = CliRunner().invoke(cli, train_args(data, tmp_path / "run", *extra))
