@@ -12,6 +12,7 @@ backgrounds) usually costs more than this.
 """
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def make_workspace(out, photos=None, echo=print):
             shutil.copy2(jpg.with_suffix(".json"), source / jpg.with_suffix(".json").name)
     ws = init_workspace(out, classes)
     mark_demo_folder(out)
-    summary = import_photos(ws, [source], scene=SCENE, max_side=1024)
+    summary = import_photos(ws, [source], scene=SCENE, max_side=1024, progress=sys.stderr.isatty())  # no bar in a log
     if photos:
         shutil.rmtree(source)
     echo(f"1/{STEPS} import: {summary.line()} -> {ws.photos_dir} ({len(classes)} classes)")

@@ -341,6 +341,8 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True, start
                           "train_images": len(train_rec), "val_images": len(val_rec)})
     loss_fn = SSDMultiBoxLoss()
     state = state or {"epochs_done": 0, "best_map50": -1.0, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0}
+    for old in ("stopped_by", "stopped"):  # the last command's; this one's are written when it ends
+        state.pop(old, None)
     results = run.read_results()[:state["epochs_done"]] if rank == 0 else []
     echo(f"training {cfg.model} {cfg.data_shape}x{cfg.data_shape} on {len(train_rec)} photos "
          f"({len(val_rec)} val), {len(classes)} classes, devices {', '.join(map(str, ctxs))}"

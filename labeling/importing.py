@@ -134,7 +134,7 @@ def import_photos(ws: Workspace, sources, scene="default", max_side=1024, progre
     batch = _Batch(ws, scene, max_side)
     summary = ImportSummary()
     with keeping_freed_memory():
-        for src in tqdm(files, desc="import", unit="photo", disable=None if progress else True):
+        for src in tqdm(files, desc="import", unit="photo", disable=not progress):
             batch.add(src, summary)
     with ws.import_lock():
         batch.save()

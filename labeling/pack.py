@@ -125,7 +125,7 @@ def _write_split(name, items, out, max_side, quality, executor, workers, progres
         with IndexedRecordWriter(rec_tmp, idx_tmp) as writer, \
                 open(lst_tmp, "w", encoding="utf-8", errors="surrogateescape") as lst:
             results = ordered_map(encode_item, jobs, executor, window=4 * workers)
-            bar = tqdm(results, total=len(jobs), desc=f"pack {name}", unit="img", disable=None if progress else True)
+            bar = tqdm(results, total=len(jobs), desc=f"pack {name}", unit="img", disable=not progress)
             for i, (it, (jpeg, w, h)) in enumerate(zip(items, bar)):
                 label = record_label(it, w, h)
                 writer.write_idx(i, pack_record(label, jpeg, i))
