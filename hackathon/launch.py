@@ -8,9 +8,9 @@ the loopback address instead of the machine's network address.
 
 Usage (the arguments are launch.py's)::
 
-    python -m hackathon.launch -n 2 -s 1 --launcher ssh -H hosts \\
+    python -m hackathon.train.launch -n 2 -s 1 --launcher ssh -H hosts \\
         hack train data --out run --kvstore dist_sync
-    python -m hackathon.launch -n 2 -s 1 --launcher local hack train data --out run --kvstore dist_sync
+    python -m hackathon.train.launch -n 2 -s 1 --launcher local hack train data --out run --kvstore dist_sync
 """
 import os
 import runpy
