@@ -477,3 +477,15 @@ def test_control_characters_in_a_team_name_are_spelled_out(tmp_path):
     res = score_submissions(truth, inbox, tmp_path / "out", n_boot=50)
     assert res["board"]["rows"][0]["team"] == "red\\x1b[31mteam"
     assert "\x1b" not in (tmp_path / "out" / "leaderboard.csv").read_text()
+
+
+def test_score_into_a_log_prints_a_line_a_team_and_no_bar(tmp_path):
+    truth = make_truth(tmp_path / "test")
+    inbox = tmp_path / "inbox"
+    team_folder(inbox, "alpha", preds())
+    team_folder(inbox, "beta", preds(which=range(3)))
+    r = CliRunner().invoke(cli, ["score", "--truth", str(truth), "--submissions", str(inbox), "--out",
+                                 str(tmp_path / "out"), "--bootstrap", "100"])
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.output
+    assert "scored 1/2: alpha: ok 1.0000" in r.output and "scored 2/2: beta: ok" in r.output

@@ -80,7 +80,7 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
             echo(f"warning: {len(truth.unlabeled)} photo(s) in {truth.source} have no labelme file and are not "
                  f"scored (e.g. {truth.unlabeled[0]}). Fix: label them, with no shapes if nothing is on them.")
         if detector is not None:
-            preds = Predictions.from_rows(_detect_all(detector, truth, progress), truth, source=display(export))
+            preds = Predictions.from_rows(_detect_all(detector, truth, progress, echo), truth, source=display(export))
         else:
             preds = read_predictions(pred_file, truth)
         sets.append(Scored(key, truth, preds))
@@ -90,12 +90,20 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
     return result
 
 
-def _detect_all(detector, truth, progress):
+def _detect_all(detector, truth, progress, echo=print):
+    """The model's detections on every photo of `truth`: a bar on a terminal, else one line when done."""
+    import time
+
     from tqdm import tqdm
 
-    rows = []
-    for name in tqdm(truth.images, desc=f"detect {Path(truth.source).name}", unit="img", disable=not progress):
+    rows, start = [], time.time()
+    bar = tqdm(truth.images, desc=f"detect {Path(truth.source).name}", unit="img",
+               disable=None if progress else True)  # None: no bar unless stderr is a terminal
+    for name in bar:
         rows += [{"image": name, **r} for r in detector.detect(truth.open_image(name), threshold=0.01)]
+    if progress and bar.disable:
+        echo(f"detect {Path(truth.source).name}: {len(truth.images)} photo(s), {len(rows)} detection(s) "
+             f"in {time.time() - start:.1f} s")
     return rows
 
 
