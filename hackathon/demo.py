@@ -12,6 +12,7 @@ backgrounds) usually costs more than this.
 """
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def make_workspace(out, photos=None, echo=print):
             shutil.copy2(jpg.with_suffix(".json"), source / jpg.with_suffix(".json").name)
     ws = init_workspace(out, classes)
     mark_demo_folder(out)
-    summary = import_photos(ws, [source], scene=SCENE, max_side=1024)
+    summary = import_photos(ws, [source], scene=SCENE, max_side=1024, progress=sys.stderr.isatty())  # no bar in a log
     if photos:
         shutil.rmtree(source)
     echo(f"1/{STEPS} import: {summary.line()} -> {ws.photos_dir} ({len(classes)} classes)")
@@ -173,10 +174,10 @@ def train_step(data, out, minutes, echo=print, progress=True):
     from hackathon.train.loop import TrainConfig, train
 
     cfg = TrainConfig(data=str(data), out=str(out / "run"), data_shape=300, max_minutes=minutes, patience=0)
-    echo(f"5/{STEPS} train: at most {minutes:g} min on the CPU (hack train --minutes for longer)")
+    echo(f"5/{STEPS} train: {minutes:g} min on the CPU, all of them (hack demo --minutes for longer)")
     summary = train(cfg, echo=lambda m: echo("    " + m), progress=progress)
-    echo(f"    best val mAP@0.5 {summary['best_map50']:.4f} at epoch {summary['best_epoch']}; "
-         f"curves: {Path(summary['run']) / 'curves.png'}")
+    echo(f"    best val mAP@0.5 {summary['best_map50']:.4f} at epoch {summary['best_epoch']:g}; limited by "
+         f"{summary['stopped_by']}; curves: {Path(summary['run']) / 'curves.png'}")
     return summary
 
 

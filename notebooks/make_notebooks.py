@@ -214,8 +214,10 @@ print("a batch of", batch.shape[0], "->", [(str(p.context), p.shape[0]) for p in
 
 ## A short training run
 
-`train(cfg)` is `hack train`. `max_minutes` is a time budget: at the end of the budget it finishes
-the step, validates, saves, and stops. It writes `results.csv`, `curves.png`, `best.params` and
+`train(cfg)` is `hack train`. `max_minutes` is a time budget for the whole call, the last
+validation and saves included; with it there is no epoch limit or early stop unless you set them.
+Only whole epochs are trained; a budget too small for one trains part of it, validates and saves
+(its row in `results.csv` is a fraction of an epoch). It writes `results.csv`, `curves.png`, `best.params` and
 `config.yaml` into the run folder. Here: a budget of a minute or two on one context (two
 contexts on one CPU would make each step twice the batch, so half as many steps in the same time).""",
     """import shutil
@@ -229,7 +231,7 @@ print(summary)""",
     """from hackathon.train.rundir import RunDir
 
 for row in RunDir.open(WORK / "run").read_results():
-    print(f"epoch {int(row['epoch']):>2}: class loss {row['cls_loss']:.3f}, box loss {row['box_loss']:.3f}, "
+    print(f"epoch {row['epoch']:>5g}: class loss {row['cls_loss']:.3f}, box loss {row['box_loss']:.3f}, "
           f"val mAP@0.5 {row['val_map50']:.4f}")
 display(Image(filename=str(WORK / "run" / "curves.png"), width=900))""",
     """md:**Reading the curves.** Both losses should fall; the class loss first (background is easy),

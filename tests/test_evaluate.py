@@ -107,6 +107,8 @@ def test_export_and_its_predictions_file_score_the_same(tmp_path, export):
     b = make_set(tmp_path / "B", 2, "tank-b")
     r = invoke("eval", export, "--data", a, "--shift", b, "--out", tmp_path / "r1", "--bootstrap", "20")
     assert r.exit_code == 0, r.output
+    # not a terminal (a log file): no progress bar, one line a stage
+    assert "\r" not in r.output and "detect A: 3 photo(s)" in r.output and "detect B: 2 photo(s)" in r.output
     for s in ("A", "B"):
         assert invoke("predict", export, tmp_path / s, "--out", tmp_path / f"p{s}").exit_code == 0
     r = invoke("eval", "--predictions", tmp_path / "pA" / "predictions.json", "--data", a, "--shift-predictions",

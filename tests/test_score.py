@@ -615,3 +615,15 @@ def test_degenerate_truth_boxes_are_left_out_for_everyone_and_said(tmp_path):
     # training labels stay strict
     r = CliRunner().invoke(cli, ["check", str(truth)])
     assert r.exit_code == 1 and "too thin to be an object" in r.output
+
+
+def test_score_into_a_log_prints_a_line_a_team_and_no_bar(tmp_path):
+    truth = make_truth(tmp_path / "test")
+    inbox = tmp_path / "inbox"
+    team_folder(inbox, "alpha", preds())
+    team_folder(inbox, "beta", preds(which=range(3)))
+    r = CliRunner().invoke(cli, ["score", "--truth", str(truth), "--submissions", str(inbox), "--out",
+                                 str(tmp_path / "out"), "--bootstrap", "100"])
+    assert r.exit_code == 0, r.output
+    assert "\r" not in r.output
+    assert "scored 1/2: alpha: ok 1.0000" in r.output and "scored 2/2: beta: ok" in r.output

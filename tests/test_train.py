@@ -284,3 +284,182 @@ def test_export_prints_no_mxnet_warning(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "export" / "model-symbol.json").is_file()
     assert "UserWarning" not in done.stderr and "Cannot decide type" not in done.stderr, done.stderr
+
+
+def test_resume_honours_every_flag_it_can_and_names_each_it_cannot(data, tmp_path, have_weights):
+    from hackathon.train.data import EpochBatches
+    from hackathon.train.loop import TrainConfig, lr_at
+
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, train_args(data, run, "--epochs", "1")).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", str(data), "--resume", str(run), "--epochs", "2", "--lr", "0.01",
+                                      "--batch-size", "4", "--cpus", "2", "--freeze-blocks", "0", "--seed", "3",
+                                      "--data-shape", "300"])  # the same size as the run's: not a change
+    assert result.exit_code == 0, result.output
+    assert "changed for this resume: --epochs 2 (was 1), --lr 0.01 (was 0.001)" in result.output
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert {k: config["train"][k] for k in ("lr", "batch_size", "cpus", "freeze_blocks", "seed")} == \
+        {"lr": 0.01, "batch_size": 4, "cpus": 2, "freeze_blocks": 0, "seed": 3}
+    assert config["devices"] == ["cpu(0)", "cpu(1)"] and config["frozen_params"] == 0
+    rows = RunDirRows(run)
+    steps = len(EpochBatches(6, 4 * 2))  # the new batch: 4 images on each of 2 devices
+    want = lr_at(TrainConfig(**config["train"]), steps + steps - 1, steps)
+    assert rows[-1]["epoch"] == 2 and rows[-1]["lr"] == pytest.approx(want, rel=1e-4)
+
+    before = (run / "state.json").read_text()
+    result = CliRunner().invoke(cli, ["train", str(data), "--resume", str(run), "--epochs", "3", "--data-shape", "512",
+                                      "--model", "ssd_300_mobilenet0.25_custom", "--optimizer", "sgd",
+                                      "--no-pretrained"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    for said in ("--data-shape 512: the run was trained at 300x300", "--model ssd_300_mobilenet0.25_custom: the run "
+                 "is a ssd_mobilenetv2", "--optimizer sgd: the run's saved optimizer state is adam's",
+                 "--no-pretrained: the run continues from its own trained weights",
+                 "Fix: drop --data-shape, --model, --optimizer, --no-pretrained"):
+        assert said in result.output, said
+    assert (run / "state.json").read_text() == before
+
+
+def RunDirRows(run):
+    from hackathon.train.rundir import RunDir
+
+    return RunDir(run).read_results()
+
+
+def test_the_nan_advice_is_a_command_that_works(data, tmp_path, have_weights):
+    import shlex
+
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, train_args(data, run, "--epochs", "1")).exit_code == 0
+    result = CliRunner().invoke(cli, ["train", str(data), "--resume", str(run), "--epochs", "2", "--lr", "1e30"])
+    assert result.exit_code == 1 and "the loss became" in result.output
+    command = result.output.split("(now 1e+30): ")[1].split(", or start anew")[0]
+    assert command == f"hack train {shlex.quote(str(data))} --resume {shlex.quote(str(run))} --lr 1e+29"
+    again = CliRunner().invoke(cli, shlex.split(command)[1:])
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"] == 1e29
+    assert again.exit_code == 0 or "(now 1e+29)" in again.output, again.output  # the advised rate was used
+
+
+class FakeClock:
+    """time.time() that moves only as training does: 10 s a batch, 5 s a validation (no timed tests)."""
+
+    def __init__(self, monkeypatch):
+        import hackathon.train.loop as t
+
+        self.now = 1000.0
+        monkeypatch.setattr(time, "time", lambda: self.now)
+        real_loader = t.train_loader
+
+        clock = self
+
+        class Loader:  # a DataLoader each epoch iterates anew
+            def __init__(self, *args, **kwargs):
+                self.real = real_loader(*args, **kwargs)
+
+            def __iter__(self):
+                for batch in self.real:
+                    clock.now += 10
+                    yield batch
+
+        def validate(*args, **kwargs):
+            self.now += 5
+            return 0.1  # never better after epoch 1: the default patience would stop a run at epoch 11
+
+        monkeypatch.setattr(t, "train_loader", Loader)
+        monkeypatch.setattr(t, "validate", validate)
+
+
+def read_state(run):
+    return json.loads((run / "state.json").read_text())
+
+
+def test_the_budget_wins_holds_the_last_validation_and_says_what_limited_the_run(data, tmp_path, monkeypatch,
+                                                                                 have_weights):
+    """6 photos, batch 2: 3 batches (30 s) and a validation (5 s) an epoch; 2 minutes hold 3 whole epochs."""
+    FakeClock(monkeypatch)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", str(data), "--out", str(run), "--batch-size", "2", "--workers", "0",
+                                      "--max-minutes", "2"])
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert config["epochs"] == 0 and config["patience"] == 0  # no epoch limit, no early stop: the budget wins
+    assert [r["epoch"] for r in RunDirRows(run)] == [1, 2, 3]
+    state = read_state(run)
+    assert state["budget_seconds"] <= 120 and state["stopped_by"] == "time budget"
+    assert "stopped by the time budget (2 min) after epoch 3: another epoch needs ~44 s, 15 s are left" in result.output
+    assert "limited by time budget" in result.output.splitlines()[-1]
+
+    # --max-minutes 1 on resume: one more minute (one more whole epoch), never a scrap of one recorded as an epoch
+    result = CliRunner().invoke(cli, ["train", str(data), "--resume", str(run), "--max-minutes", "1"])
+    assert result.exit_code == 0, result.output
+    assert "the time budget: 1.0 more min" in result.output and "stretched" in result.output
+    assert [r["epoch"] for r in RunDirRows(run)] == [1, 2, 3, 4]
+    assert read_state(run)["budget_seconds"] <= 180 and read_state(run)["epochs_done"] == 4
+
+    # an explicit --epochs still caps a budget, and the last line says so
+    other = tmp_path / "capped"
+    result = CliRunner().invoke(cli, train_args(data, other, "--max-minutes", "10"))
+    assert result.exit_code == 0, result.output
+    assert "stopped after epoch 2 (--epochs 2), with 8.8 of its 10 budget minutes left" in result.output
+    assert "limited by epochs" in result.output.splitlines()[-1] and read_state(other)["stopped_by"] == "epochs"
+
+
+def test_a_budget_too_small_for_one_epoch_validates_and_saves_what_it_has(data, tmp_path, monkeypatch, have_weights):
+    FakeClock(monkeypatch)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", str(data), "--out", str(run), "--batch-size", "2", "--workers", "0",
+                                      "--max-minutes", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert ("the time budget (0.25 min) ended inside epoch 1, after 1 of 3 batches: validated and saved what it has "
+            "(best.params; epoch 0.333 in results.csv). A whole epoch takes ~0.5 min here.") in result.output
+    assert [r["epoch"] for r in RunDirRows(run)] == [0.333]
+    assert (run / "best.params").is_file() and not (run / "last.params").exists()
+    assert read_state(run)["epochs_done"] == 0 and read_state(run)["budget_seconds"] <= 15
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output
+    # nothing left: a resume says which flag gives more, and trains nothing
+    result = CliRunner().invoke(cli, ["train", str(data), "--resume", str(run)])
+    assert result.exit_code == 1 and "has used its time budget" in result.output and "--max-minutes N" in result.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "0"], "--epochs 0: takes 1 or more (0, no epoch limit, only with --max-minutes"),
+    (["--max-minutes", "-1"], "--max-minutes -1.0: takes 0 (no budget) or more minutes"),
+    (["--max-minutes", "inf"], "--max-minutes inf: takes 0 (no budget) or more minutes"),
+])
+def test_a_bad_limit_is_one_line_naming_the_flag(data, tmp_path, extra, message):
+    result = CliRunner().invoke(cli, train_args(data, tmp_path / "run", *extra))
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_log_file_gets_one_line_an_epoch_and_a_terminal_gets_the_bars(data, tmp_path, have_weights):
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    log = tmp_path / "train.log"
+    with open(log, "w") as f:  # hack train ... > train.log 2>&1
+        subprocess.run(HACK + train_args(data, tmp_path / "logged"), stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                       check=True)
+    text = log.read_text()
+    assert "\r" not in text, text[:500]
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+
+    master, slave = pty.openpty()  # a terminal (100 columns: tqdm draws nothing in 0): the bars are still drawn
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(HACK + train_args(data, tmp_path / "terminal", "--epochs", "1"), stdout=slave,
+                            stderr=slave, cwd=ROOT)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert proc.wait() == 0, out.decode(errors="replace")[-2000:]
+    assert b"epoch 1/1:   0%|" in out and b"0/3 [" in out and b"batch" in out, out.decode(errors="replace")[-2000:]

@@ -249,7 +249,7 @@ def predict_images(detector, image_paths, root, threshold=KEEP_SCORE, progress=T
     from labeling.photos import open_upright
 
     rows = []
-    for path in tqdm(list(image_paths), desc="predict", unit="img", disable=not progress):
+    for path in tqdm(list(image_paths), desc="predict", unit="img", disable=None if progress else True):
         name = image_name(path, root)
         try:
             image = open_upright(path)

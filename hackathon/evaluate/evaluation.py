@@ -87,7 +87,7 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
                  f"({', '.join(truth.classes)}); their detections are not scored. Fix: train with the event's classes.")
         truth.classes = truth.classes + extra
         if detector is not None:
-            preds = Predictions.from_rows(_detect_all(detector, truth, progress), truth, source=display(export))
+            preds = Predictions.from_rows(_detect_all(detector, truth, progress, echo), truth, source=display(export))
         else:
             preds = read_predictions(pred_file, truth)
         sets.append(Scored(key, truth, preds))
@@ -111,12 +111,20 @@ def example_threshold(s, threshold):
     return suggest_threshold(s.predictions.score.tolist(), len(s.truth.images))
 
 
-def _detect_all(detector, truth, progress):
+def _detect_all(detector, truth, progress, echo=print):
+    """The model's detections on every photo of `truth`: a bar on a terminal, else one line when done."""
+    import time
+
     from tqdm import tqdm
 
-    rows = []
-    for name in tqdm(truth.images, desc=f"detect {Path(truth.source).name}", unit="img", disable=not progress):
+    rows, start = [], time.time()
+    bar = tqdm(truth.images, desc=f"detect {Path(truth.source).name}", unit="img",
+               disable=None if progress else True)  # None: no bar unless stderr is a terminal
+    for name in bar:
         rows += [{"image": name, **r} for r in detector.detect(truth.open_image(name), threshold=KEEP_SCORE)]
+    if progress and bar.disable:
+        echo(f"detect {Path(truth.source).name}: {len(truth.images)} photo(s), {len(rows)} detection(s) "
+             f"in {time.time() - start:.1f} s")
     return rows
 
 

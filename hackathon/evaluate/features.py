@@ -138,7 +138,7 @@ def extract_features(paths, cache_path=None, batch_size=16, progress=True, net=N
     todo = list(unique.values())
     if todo:
         net = net or load_backbone()
-        bar = tqdm(total=len(todo), desc="backbone features", unit="photo", disable=not progress)
+        bar = tqdm(total=len(todo), desc="backbone features", unit="photo", disable=None if progress else True)
         for start in range(0, len(todo), batch_size):
             batch, digests = [], []
             for path, digest in todo[start:start + batch_size]:

@@ -165,7 +165,7 @@ def domain_classifier(X_train, X_test, folds=FOLDS, permutations=PERMUTATIONS, l
     logits = out_of_fold_logits(Z, y, stratified_folds(y, k, rng), l2)
     auc = roc_auc(logits, y)
     null = np.empty(permutations)
-    for b in tqdm(range(permutations), desc="permutation test", unit="perm", disable=not progress):
+    for b in tqdm(range(permutations), desc="permutation test", unit="perm", disable=None if progress else True):
         y_perm = rng.permutation(y)
         null[b] = roc_auc(out_of_fold_logits(Z, y_perm, stratified_folds(y_perm, k, rng), l2), y_perm)
     p_value = (1.0 + np.count_nonzero(null >= auc - 1e-12)) / (1.0 + permutations)

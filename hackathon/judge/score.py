@@ -120,7 +120,8 @@ def _score_run(db_path, run, subs, ctx, echo, progress):
     statuses = []
     with history.connect(db_path) as db:
         run_id, new = history.start_run(db, run)
-        for i, sub in enumerate(tqdm(subs, desc="scoring", unit="team", disable=not progress)):
+        bar = tqdm(subs, desc="scoring", unit="team", disable=None if progress else True)  # None: a terminal only
+        for i, sub in enumerate(bar):
             sid = history.add_submission(db, run_id, sub.team, _db_sha(sub), sub.kind or None,
                                          display(sub.source.name), sub.mtime)
             rid = history.find_result(db, sid, run["config"], scored_only=True)
@@ -128,6 +129,8 @@ def _score_run(db_path, run, subs, ctx, echo, progress):
                 with history.transaction(db):
                     history.attach(db, run_id, rid)
                 statuses.append((sub.team, "ok"))
+                if progress and bar.disable:
+                    echo(f"scored {i + 1}/{len(subs)}: {sub.team}: unchanged since it was last scored")
                 continue
             if ctx["weights"] is None and not sub.error:
                 ctx["weights"] = bootstrap_weights(run["n_images"], n=ctx["n_boot"], seed=ctx["seed"])
@@ -137,6 +140,9 @@ def _score_run(db_path, run, subs, ctx, echo, progress):
                     echo(f"{sub.team}: {result['status']}: {result['message']}")
             history.add_result(db, run_id, sid, run["config"], result)
             statuses.append((sub.team, result["status"]))
+            if progress and bar.disable:  # no bar (not a terminal): one line a team
+                echo(f"scored {i + 1}/{len(subs)}: {sub.team}: {result['status']}"
+                     + (f" {result['score']:.4f}" if result.get("score") is not None else ""))
         history.finish_run(db, run_id)
         return run_id, new, statuses
 

@@ -18,16 +18,19 @@ Example
 """
 import math
 import os
+import shlex
 import time
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from hackathon.core.errors import KitError
-from hackathon.core.fileutil import display
+from hackathon.core.fileutil import display, write_json_atomic
 from hackathon.train.models import DEFAULT_MODEL, PRESET_BASES, build_net
 from hackathon.train.data import DataDir, DetectionRecords, EpochBatches, TrainSamples, ValSamples, train_loader, val_loader
 from hackathon.train.rundir import RunDir, save_params, versions
+
+DEFAULT_EPOCHS, DEFAULT_PATIENCE = 40, 10  # without --max-minutes
 
 
 @dataclass
@@ -36,7 +39,7 @@ class TrainConfig:
     out: str                       # the run folder
     model: str = DEFAULT_MODEL     # or a GluonCV preset from PRESET_BASES
     data_shape: int = 300          # square input; 300 is ~3x cheaper than 512 on a CPU
-    epochs: int = 40
+    epochs: int = None             # at most this many (0: no limit); default 40, or no limit under a time budget
     batch_size: int = 8            # per device
     lr: float = 0.001              # peak, after warm-up; for the whole batch of all devices
     warmup_epochs: float = 1.0
@@ -45,8 +48,9 @@ class TrainConfig:
     optimizer: str = "adam"        # Adam: on the aquarium set, ~10x the val mAP of SGD after 100 steps
     head_lr_mult: float = 1.0      # learning-rate multiplier of the layers the backbone lacks (random start)
     freeze_blocks: int = 3         # backbone stem + this many MobileNetV2 blocks kept at ImageNet values
-    patience: int = 10             # stop after this many epochs without a better val mAP (0: never)
-    max_minutes: float = 0.0       # stop (and validate, and save) after this much training (0: no limit)
+    patience: int = None           # stop after this many epochs without a better val mAP (0: never);
+                                   # default 10, or 0 under a time budget
+    max_minutes: float = 0.0       # the whole run in this many minutes, last validation and saves included (0: none)
     gpus: str = ""                 # "0,1": data parallel on these GPUs
     cpus: int = 0                  # N CPU contexts: the multi-device path without GPUs
     kvstore: str = "device"        # "dist_sync" across machines (python -m hackathon.train.launch)
@@ -57,16 +61,26 @@ class TrainConfig:
     expand: float = 3.0            # largest zoom-out of the augmentation
     color: bool = True             # colour/light augmentation against a scene change
 
+    def __post_init__(self):
+        # The time budget wins: with one, neither the epoch default nor early stopping ends the run
+        # first (30 minutes stopped at 40 epochs after 15 scored 0.134 mAP; all 30 minutes, 0.254).
+        if self.epochs is None:
+            self.epochs = 0 if self.max_minutes else DEFAULT_EPOCHS
+        if self.patience is None:
+            self.patience = 0 if self.max_minutes else DEFAULT_PATIENCE
+
 
 def check_config(cfg):
     """One KitError for a setting that cannot train: the flag, the value, and what it takes."""
-    rules = [("--epochs", cfg.epochs, cfg.epochs >= 1, "1 or more"),
+    rules = [("--epochs", cfg.epochs, cfg.epochs >= 1 or (cfg.epochs == 0 and cfg.max_minutes > 0),
+              "1 or more (0, no epoch limit, only with --max-minutes, or the run would never end)"),
              ("--batch-size", cfg.batch_size, cfg.batch_size >= 1, "1 or more images per device"),
              ("--lr", cfg.lr, cfg.lr > 0, "a positive rate such as 0.001"),  # too high: the NaN stop says so
              ("--cpus", cfg.cpus, cfg.cpus >= 0, "0 (one context) or a count of CPU contexts"),
              ("--workers", cfg.workers, cfg.workers >= 0, "0 (in the training process) or more processes"),
              ("--patience", cfg.patience, cfg.patience >= 0, "0 (never stop early) or more epochs"),
-             ("--max-minutes", cfg.max_minutes, cfg.max_minutes >= 0, "0 (no budget) or more minutes"),
+             ("--max-minutes", cfg.max_minutes, math.isfinite(cfg.max_minutes) and cfg.max_minutes >= 0,
+              "0 (no budget) or more minutes"),
              ("--freeze-blocks", cfg.freeze_blocks, 0 <= cfg.freeze_blocks <= 17, "0 to 17 (MobileNetV2 has 17 blocks)"),
              ("--optimizer", cfg.optimizer, cfg.optimizer in ("adam", "sgd"), "adam or sgd")]
     for flag, value, ok, takes in rules:
@@ -114,13 +128,15 @@ def freeze(net, blocks):
 
 def lr_at(cfg, it, steps_per_epoch, elapsed=0.0):
     """Linear warm-up from lr/10, then cosine down to lr/100. The cosine runs over the epochs, or
-    over the time budget when that ends first (so `--max-minutes 45` anneals by minute 45).
-    A function of the iteration and the training seconds, both in state.json: resume picks it up."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = min(total, int(cfg.warmup_epochs * steps_per_epoch))
+    over the time budget when that ends first (so `--max-minutes 45` anneals by minute 45; a resume
+    that adds minutes stretches it to the new end). `elapsed`: the seconds of the budget used (the
+    run's wall clock, in state.json: resume picks it up)."""
+    total = cfg.epochs * steps_per_epoch  # 0: no epoch limit, the budget alone sets the schedule
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    warm = min(total, warm) if total else warm
     if it < warm:
         return cfg.lr * (0.1 + 0.9 * it / warm)
-    t = (it - warm) / max(1, total - warm)
+    t = (it - warm) / max(1, total - warm) if total else 0.0
     if cfg.max_minutes:
         t = max(t, elapsed / (cfg.max_minutes * 60))
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
@@ -149,16 +165,53 @@ class NaNLoss(KitError):
     pass
 
 
+# What a resumed run cannot change, and why: its weights and optimizer state fix these.
+FIXED_ON_RESUME = {
+    "model": lambda old: f"the run is a {old}, and its weights fit only that model",
+    "data_shape": lambda old: f"the run was trained at {old}x{old}; its weights and anchors are for that size",
+    "optimizer": lambda old: f"the run's saved optimizer state is {old}'s",
+    "pretrained": lambda old: "the run continues from its own trained weights; where it started cannot change",
+}
+
+
+def flag(name):
+    """The `hack train` flag of a TrainConfig field."""
+    return "--no-pretrained" if name == "pretrained" else "--" + name.replace("_", "-")
+
+
 def resolve(cfg, resume_run=None, overrides=None):
     """The config to train with: `cfg` for a new run; the run's own config.yaml when resuming, with
-    only `overrides` (e.g. more epochs) changed. Returns (config, RunDir, state or None)."""
+    `overrides` (the flags given) changed. Returns (config, RunDir, state or None, {field: (old, new)}).
+
+    On resume every setting may change except FIXED_ON_RESUME's (one KitError names each asked for).
+    --max-minutes N means N more minutes, and lifts the epoch limit and early stopping unless
+    --epochs / --patience are given too; --epochs alone drops the old time budget. With neither,
+    the run's own limits go on (a resume after Ctrl+C or a crash)."""
     if resume_run is None:
-        return cfg, None, None
+        return cfg, None, None, {}
     run = RunDir.open(resume_run)
     saved = run.read_config()
+    state = run.read_state()
     known = {f.name for f in fields(TrainConfig)}
     base = TrainConfig(**{k: v for k, v in saved.get("train", {}).items() if k in known})
-    for k, v in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    refused = [(k, v) for k, v in overrides.items() if k in FIXED_ON_RESUME and v != getattr(base, k)]
+    if refused:
+        raise KitError(f"--resume {display(run.path)}: " + "; ".join(
+            f"{flag(k)}{'' if k == 'pretrained' else ' ' + str(v)}: {FIXED_ON_RESUME[k](getattr(base, k))}"
+            for k, v in refused) + f". Fix: drop {', '.join(flag(k) for k, _ in refused)}, or start a new run with --out.")
+    if overrides.get("max_minutes"):
+        overrides["max_minutes"] += budget_used(state) / 60  # N more minutes
+        overrides.setdefault("epochs", 0)
+        overrides.setdefault("patience", 0)
+    elif "epochs" in overrides:
+        overrides.setdefault("max_minutes", 0.0)
+    if "cpus" in overrides:  # a device flag replaces the run's devices
+        overrides.setdefault("gpus", "")
+    elif "gpus" in overrides:
+        overrides.setdefault("cpus", 0)
+    changes = {k: (getattr(base, k), v) for k, v in overrides.items() if v != getattr(base, k)}
+    for k, v in overrides.items():
         setattr(base, k, v)
     base.data = cfg.data
     base.out = str(run.path)
@@ -167,17 +220,29 @@ def resolve(cfg, resume_run=None, overrides=None):
         raise KitError(f"{display(run.config)}: the run was trained on classes {saved['classes']}, but "
                        f"{display(data.path / 'classes.txt')} lists {data.classes}. Fix: resume with "
                        "the data it was trained on, or start a new run with --out.")
-    return base, run, run.read_state()
+    return base, run, state, changes
 
 
-def train(cfg, resume_run=None, overrides=None, echo=print, progress=True):
-    """Train (or resume) a detector; returns a summary dict. See the module docstring."""
+def budget_used(state):
+    """Seconds of the time budget the run has used (its commands' wall clock up to the last save)."""
+    if not state:
+        return 0.0
+    return state.get("budget_seconds", state.get("seconds", 0.0))
+
+
+def train(cfg, resume_run=None, overrides=None, echo=print, progress=True, started=None):
+    """Train (or resume) a detector; returns a summary dict. See the module docstring.
+
+    `started` (a time.time()) is when the command began: the time budget counts from it."""
+    started = time.time() if started is None else started
     import mxnet as mx
     from mxnet import autograd, gluon
     from gluoncv.loss import SSDMultiBoxLoss
 
-    cfg, run, state = resolve(cfg, resume_run, overrides)
+    cfg, run, state, changes = resolve(cfg, resume_run, overrides)
     check_config(cfg)
+    clock = Budget(cfg, budget_used(state), started)
+    _check_more_to_do(cfg, state, clock, run)
     kv, rank, num_workers = _kvstore(cfg)
     data = DataDir(cfg.data)
     classes = data.classes
@@ -194,7 +259,8 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True):
     net = build_net(cfg, classes, ctxs[0])
     net.collect_params().reset_ctx(ctxs)
     frozen = freeze(net, cfg.freeze_blocks if cfg.model == DEFAULT_MODEL else 0)
-    if state is not None:
+    resumed = bool(state and state["epochs_done"])  # a run cut inside its first epoch starts it anew
+    if resumed:
         net.load_parameters(str(run.last), ctx=ctxs)
     with autograd.train_mode():
         _, _, anchors = net(mx.nd.zeros((1, 3, cfg.data_shape, cfg.data_shape), ctx=ctxs[0]))
@@ -216,52 +282,183 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True):
         opt["momentum"] = cfg.momentum
     trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, opt, kvstore=kv or cfg.kvstore,
                             update_on_kvstore=False if (cfg.amp or kv is not None) else None)
-    if cfg.amp:
-        amp.init_trainer(trainer)
-    if state is not None:
+    if resumed:
         trainer.load_states(str(run.last_states))
+    if cfg.amp:
+        amp.init_trainer(trainer)  # after load_states, which replaces the optimizer this wraps
     if rank == 0:
         run.write_config({"train": asdict(cfg), "classes": list(classes), "versions": versions(),
                           "devices": [str(c) for c in ctxs], "machines": num_workers, "frozen_params": frozen,
                           "train_images": len(train_rec), "val_images": len(val_rec)})
     loss_fn = SSDMultiBoxLoss()
     state = state or {"epochs_done": 0, "best_map50": -1.0, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0}
+    for old in ("stopped_by", "stopped"):  # the last command's; this one's are written when it ends
+        state.pop(old, None)
     results = run.read_results()[:state["epochs_done"]] if rank == 0 else []
     echo(f"training {cfg.model} {cfg.data_shape}x{cfg.data_shape} on {len(train_rec)} photos "
          f"({len(val_rec)} val), {len(classes)} classes, devices {', '.join(map(str, ctxs))}"
          + (f", machine {rank + 1}/{num_workers}" if num_workers > 1 else "")
          + (f"; resuming after epoch {state['epochs_done']}" if state["epochs_done"] else "") + f" -> {run.path}")
-    stop_reason = None
-    for epoch in range(state["epochs_done"], cfg.epochs):
-        row, budget_hit = _train_epoch(cfg, net, trainer, loss_fn, loader, batches, ctxs, epoch, num_workers,
-                                       state, progress, amp_on=cfg.amp)
-        if kv is not None:
-            _average_running_stats(net, kv, num_workers)
-        row["val_map50"] = validate(net, vloader, ctxs, classes)
-        results.append(row)
-        improved = row["val_map50"] > state["best_map50"]
-        state.update(epochs_done=epoch + 1, seconds=state["seconds"] + row["seconds"])
-        if improved:
-            state.update(best_map50=row["val_map50"], best_epoch=epoch + 1, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        if rank == 0:
-            run.save_epoch(net, trainer, state, results, improved)
-        echo(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['cls_loss']:.3f} + {row['box_loss']:.3f}, "
-             f"val mAP@0.5 {row['val_map50']:.4f}{' (best)' if improved else ''}, {row['images_per_s']:.1f} img/s")
-        if cfg.patience and state["bad_epochs"] >= cfg.patience:
-            stop_reason = (f"stopped early: no better val mAP for {cfg.patience} epochs; the best was "
-                           f"{state['best_map50']:.4f} at epoch {state['best_epoch']}")
-            break
-        if budget_hit:
-            stop_reason = f"stopped at the time budget ({cfg.max_minutes:g} min) after epoch {epoch + 1}"
-            break
-    if stop_reason:
-        echo(stop_reason)
+    for line in _limits_lines(cfg, changes, clock):
+        echo(line)
+    loop = _Loop(cfg, net, trainer, loss_fn, loader, batches, vloader, ctxs, classes, kv, rank, num_workers, run,
+                 clock, echo, progress)
+    stopped_by, reason = loop.until_a_limit(state, results, len(val_rec))
+    echo(reason)
+    if rank == 0 and run.state.is_file():  # what limited the run, beside where to resume it
+        write_json_atomic(run.state, {**state, "stopped_by": stopped_by, "stopped": reason})
     if num_workers > 1 and rank > 0:  # for checking that every machine ends with the same weights
         save_params(net, run.path / "workers" / f"rank-{rank}-last.params")
     return {"run": run.path, "best_map50": state["best_map50"], "best_epoch": state["best_epoch"],
-            "epochs_done": state["epochs_done"], "stopped": stop_reason}
+            "epochs_done": state["epochs_done"], "stopped_by": stopped_by, "stopped": reason,
+            "minutes": clock.used() / 60}
+
+
+class Budget:
+    """The time budget (--max-minutes) on the wall clock: the run's earlier commands' seconds plus
+    this one's since it started. Training stops early enough for the last validation and saves,
+    which are measured each epoch (estimated from the training speed before the first)."""
+
+    def __init__(self, cfg, used_before, started):
+        self.total = cfg.max_minutes * 60 if cfg.max_minutes else None
+        self.used_before, self.started = used_before, started
+        self.finish = None  # seconds of the last validation + saves, once measured
+
+    def used(self):
+        return self.used_before + time.time() - self.started
+
+    def left(self):
+        return None if self.total is None else self.total - self.used()
+
+    # Seconds the clock cannot see: the interpreter and imports before `started`, the process's
+    # teardown after the last save (measured on 2 busy CPU cores: 94 s for a 90 s budget without it).
+    OUTSIDE = 8.0
+
+    def finish_estimate(self, val_images, seconds_per_image):
+        """Seconds to hold back for validating and saving."""
+        if self.finish is not None:
+            return self.OUTSIDE + 1.25 * self.finish
+        # validation is a forward pass (~1/3 of a training step's cost) plus tracing, NMS, the metric;
+        # the first save imports matplotlib for curves.png
+        return self.OUTSIDE + 8.0 + 0.6 * val_images * seconds_per_image
+
+    def over(self, val_images, seconds_per_image):
+        """True when training must stop now to finish within the budget."""
+        return self.total is not None and self.left() <= self.finish_estimate(val_images, seconds_per_image)
+
+
+def _check_more_to_do(cfg, state, clock, run):
+    """A resume with nothing left under its limits: one KitError with the flag that gives more."""
+    if state is None:
+        return
+    if cfg.epochs and state["epochs_done"] >= cfg.epochs:
+        raise KitError(f"--resume {display(run.path)}: the run has done its {cfg.epochs} epochs. Fix: --epochs N "
+                       "(N more than that) or --max-minutes N (N more minutes).")
+    if clock.total is not None and clock.left() <= 0:
+        raise KitError(f"--resume {display(run.path)}: the run has used its time budget ({clock.used() / 60:.1f} of "
+                       f"{cfg.max_minutes:g} min). Fix: --max-minutes N for N more minutes, or --epochs N.")
+
+
+def _limits_lines(cfg, changes, clock):
+    """What will end this run, and the settings a resume changed."""
+    shown = {k: v for k, v in changes.items() if k != "max_minutes"}
+    if shown:
+        yield "changed for this resume: " + ", ".join(
+            f"{flag(k)} {'no limit' if k == 'epochs' and new == 0 else new} (was "
+            f"{'no limit' if k == 'epochs' and old == 0 else old})" for k, (old, new) in shown.items())
+    ends = []
+    if clock.total is not None:
+        more = "max_minutes" in changes and clock.used_before > 0
+        ends.append(f"the time budget: {clock.left() / 60:.1f} more min" if more else
+                    f"the time budget: {cfg.max_minutes:g} min for the whole command, the last validation and "
+                    "saves included" + (f" ({clock.left() / 60:.1f} min left)" if clock.used_before else ""))
+        if more:
+            ends[-1] += (f" (the run's budget is now {cfg.max_minutes:.1f} min; the learning rate's cosine is "
+                         "stretched to its end)")
+    if cfg.epochs:
+        ends.append(f"{cfg.epochs} epochs")
+    if cfg.patience:
+        ends.append(f"{cfg.patience} epochs without a better val mAP")
+    yield "stops at " + ", or ".join(ends) + ", whichever comes first"
+
+
+class _Loop:
+    """The epochs: train, validate, save, and the first limit reached ends them."""
+
+    def __init__(self, cfg, net, trainer, loss_fn, loader, batches, vloader, ctxs, classes, kv, rank, num_workers,
+                 run, clock, echo, progress):
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+
+    def until_a_limit(self, state, results, val_images):
+        """Train until a limit; returns (what stopped it: time budget/epochs/early stop, the sentence)."""
+        cfg, clock = self.cfg, self.clock
+        self.results = results
+        epoch = state["epochs_done"]
+        last = None  # this command's last whole epoch: (training seconds, seconds per image)
+        while not cfg.epochs or epoch < cfg.epochs:
+            if last is not None and clock.total is not None:  # never start an epoch the budget cannot finish
+                need = last[0] + clock.finish_estimate(val_images, last[1])
+                if clock.left() < need:
+                    return "time budget", (f"stopped by the time budget ({cfg.max_minutes:g} min) after epoch "
+                                           f"{epoch}: another epoch needs ~{need:.0f} s, {clock.left():.0f} s are left")
+            row = self._epoch(epoch, state, val_images)
+            done, steps = row.pop("batches"), row.pop("steps")
+            if done < steps:
+                return "time budget", self._cut(epoch, done, steps, row, state)
+            last = (row["seconds"], row["seconds"] / max(1, row["images"]))
+            epoch += 1
+            if cfg.patience and state["bad_epochs"] >= cfg.patience:
+                return "early stop", (f"stopped early: no better val mAP for {cfg.patience} epochs; the best was "
+                                      f"{state['best_map50']:.4f} at epoch {state['best_epoch']}")
+        left = f", with {clock.left() / 60:.1f} of its {cfg.max_minutes:g} budget minutes left" if clock.total else ""
+        return "epochs", f"stopped after epoch {epoch} (--epochs {cfg.epochs}){left}"
+
+    def _cut(self, epoch, done, steps, row, state):
+        if epoch == 0:
+            return (f"the time budget ({self.cfg.max_minutes:g} min) ended inside epoch 1, after {done} of {steps} "
+                    f"batches: validated and saved what it has (best.params; epoch {row['epoch']:g} in results.csv). "
+                    f"A whole epoch takes ~{row['seconds'] * steps / done / 60:.1f} min here.")
+        return (f"stopped by the time budget ({self.cfg.max_minutes:g} min) inside epoch {epoch + 1}, after {done} of "
+                f"{steps} batches: validated and saved as epoch {row['epoch']:g} (last.params stays at epoch {epoch})")
+
+    def _epoch(self, epoch, state, val_images):
+        """Train one epoch (or until the budget says stop), validate, checkpoint; returns its row."""
+        cfg, clock, run = self.cfg, self.clock, self.run
+        try:
+            row = _train_epoch(cfg, self.net, self.trainer, self.loss_fn, self.loader, self.batches, self.ctxs,
+                               epoch, self.num_workers, state, self.progress, cfg.amp, clock, val_images)
+        except NaNLoss:
+            if self.rank == 0 and run.state.is_file():
+                write_json_atomic(run.state, {**state, "stopped_by": "NaN loss"})
+            raise
+        if self.kv is not None:
+            _average_running_stats(self.net, self.kv, self.num_workers)
+        whole = row["batches"] == row["steps"]
+        if not whole:  # a partial epoch is never recorded as an epoch: epoch 8.25 is a quarter of epoch 9
+            row["epoch"] = epoch + round(row["batches"] / row["steps"], 3)
+        t0 = time.time()
+        row["val_map50"] = validate(self.net, self.vloader, self.ctxs, self.classes)
+        self.results.append(row)
+        improved = row["val_map50"] > state["best_map50"]
+        state["seconds"] += row["seconds"]
+        if whole:
+            state["epochs_done"] = epoch + 1
+        if improved:
+            state.update(best_map50=row["val_map50"], best_epoch=row["epoch"], bad_epochs=0)
+        elif whole:
+            state["bad_epochs"] += 1
+        state["budget_seconds"] = clock.used()
+        if self.rank == 0:
+            run.save_epoch(self.net, self.trainer, state, self.results, improved, whole=whole)
+        clock.finish = time.time() - t0
+        minutes = f", {clock.used() / 60:.1f}/{cfg.max_minutes:g} min" if clock.total else ""
+        name = f"{epoch + 1}/{cfg.epochs}" if cfg.epochs else f"{epoch + 1}"
+        if not whole:
+            name += f" (cut by the time budget after {row['batches']} of {row['steps']} batches)"
+        self.echo(f"epoch {name}: loss {row['cls_loss']:.3f} + {row['box_loss']:.3f}, val mAP@0.5 "
+                  f"{row['val_map50']:.4f}{' (best)' if improved else ''}, {row['images_per_s']:.1f} img/s{minutes}")
+        return row
 
 
 def _kvstore(cfg):
@@ -312,8 +509,10 @@ def _seed(seed):
     mx.random.seed(seed)
 
 
-def _train_epoch(cfg, net, trainer, loss_fn, loader, batches, ctxs, epoch, num_workers, state, progress, amp_on):
-    """One pass over this machine's batches; returns (results row, whether the time budget ran out)."""
+def _train_epoch(cfg, net, trainer, loss_fn, loader, batches, ctxs, epoch, num_workers, state, progress, amp_on,
+                 clock, val_images):
+    """One pass over this machine's batches, or fewer when the time budget says stop (at least one);
+    returns its results row, with the batches done of the epoch's steps."""
     import mxnet as mx
     from mxnet import autograd
     from tqdm import tqdm
@@ -324,12 +523,10 @@ def _train_epoch(cfg, net, trainer, loss_fn, loader, batches, ctxs, epoch, num_w
     steps = len(batches)
     cls_sum = box_sum = 0.0
     seen, start = 0, time.time()
-    budget = cfg.max_minutes * 60 - state["seconds"] if cfg.max_minutes else None
-    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not progress,
-               leave=False)
-    budget_hit = False
+    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}" + (f"/{cfg.epochs}" if cfg.epochs else ""),
+               unit="batch", disable=None if progress else True, leave=False)
     for step, (x, cls_t, box_t) in enumerate(bar):
-        lr = lr_at(cfg, epoch * steps + step, steps, state["seconds"] + time.time() - start)
+        lr = lr_at(cfg, epoch * steps + step, steps, clock.used())
         trainer.set_learning_rate(lr)
         xs = mx.gluon.utils.split_and_load(x, ctxs)
         cts = mx.gluon.utils.split_and_load(cls_t, ctxs)
@@ -349,15 +546,16 @@ def _train_epoch(cfg, net, trainer, loss_fn, loader, batches, ctxs, epoch, num_w
         if not (np.isfinite(c) and np.isfinite(b)):
             raise NaNLoss(f"the loss became {c if not np.isfinite(c) else b} at epoch {epoch + 1}, batch {step + 1}: "
                           f"training stopped before the bad step; {display(cfg.out)}/last.params holds epoch "
-                          f"{state['epochs_done']}. Fix: resume with a lower --lr (now {cfg.lr:g}), e.g. "
-                          f"`hack train {cfg.data} --resume {cfg.out}` after editing lr in config.yaml, or start anew.")
+                          f"{state['epochs_done']}. Fix: resume with a lower --lr (now {cfg.lr:g}): "
+                          f"hack train {shlex.quote(cfg.data)} --resume {shlex.quote(cfg.out)} --lr {cfg.lr / 10:g}, "
+                          "or start anew.")
         trainer.step(num_workers)  # the loss is a mean over positives already: average over machines only
         cls_sum, box_sum, seen = cls_sum + c, box_sum + b, seen + x.shape[0]
         bar.set_postfix(loss=f"{(cls_sum + box_sum) / (step + 1):.3f}", img_s=f"{seen / (time.time() - start):.1f}")
-        if budget is not None and time.time() - start >= budget:
-            budget_hit = True
+        if step + 1 < steps and clock.over(val_images, (time.time() - start) / seen):
             break
     seconds = time.time() - start
     n = step + 1
     return {"epoch": epoch + 1, "lr": lr, "cls_loss": cls_sum / n, "box_loss": box_sum / n, "val_map50": 0.0,
-            "images_per_s": seen / max(seconds, 1e-9), "seconds": seconds}, budget_hit
+            "images_per_s": seen / max(seconds, 1e-9), "seconds": seconds, "batches": n, "steps": steps,
+            "images": seen}

@@ -3,11 +3,13 @@
 Layout::
 
     RUN/config.yaml      the resolved config, the class list, the package versions, the devices
-    RUN/results.csv      one line per epoch: losses, learning rate, validation mAP, images/s
+    RUN/results.csv      one line per epoch: losses, learning rate, validation mAP, images/s (an epoch
+                         the time budget cut short is a fraction: 8.25 is the first quarter of epoch 9)
     RUN/curves.png       the same as pictures
     RUN/last.params      weights after the last finished epoch; RUN/last.states: the optimizer's
     RUN/best.params      weights of the epoch with the best validation mAP
-    RUN/state.json       where to resume: epochs done, best mAP and epoch, epochs without gain
+    RUN/state.json       where to resume: epochs done, best mAP and epoch, epochs without gain, the
+                         budget seconds used; and what stopped the run (stopped_by, stopped)
 
 Every file is written beside its final name and renamed when whole, and ``state.json`` last: a run
 killed at any instant resumes from a consistent last finished epoch.
@@ -98,11 +100,14 @@ class RunDir:
             return None
         return json.loads(self.state.read_text("utf-8"))
 
-    def save_epoch(self, net, trainer, state: dict, results: list, improved: bool):
-        """Checkpoint after an epoch: weights, optimizer, results, curves, and state.json last."""
-        save_params(net, self.last)
-        with atomic_path(self.last_states) as tmp:
-            trainer.save_states(str(tmp))
+    def save_epoch(self, net, trainer, state: dict, results: list, improved: bool, whole: bool = True):
+        """Checkpoint after an epoch: weights, optimizer, results, curves, and state.json last. After
+        an epoch the time budget cut short (not `whole`) last.params stays at the last whole epoch,
+        where a resume starts; best.params takes it when it validated better."""
+        if whole:
+            save_params(net, self.last)
+            with atomic_path(self.last_states) as tmp:
+                trainer.save_states(str(tmp))
         if improved:
             save_params(net, self.best)
         self.write_results(results)
