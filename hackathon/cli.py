@@ -38,6 +38,7 @@ def cli(ctx, project, verbose):
       cd fishy && hack import ~/phone/DCIM --scene tank-a
       hack capture                             or: phones send photos over Wi-Fi (QR code)
       hack label --member 1/3                  label your share in labelme
+      hack prefill run                         after a first training: the model pre-fills the rest
       hack check                               every problem, with its fix
       hack pack photos --out data              train/val RecordIO
       hack show data/train.rec --out grid.png  look at what training will see

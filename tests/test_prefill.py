@@ -249,3 +249,12 @@ def test_label_order_uncertain_needs_a_model_and_puts_doubtful_photos_first(tmp_
                                       str(export_dir), "--print-command"])
     assert result.exit_code == 0, result.output
     assert sorted((ws.state_dir / "label-order.txt").read_text().split()) == ["tank/a.jpg", "tank/b.jpg", "tank/c.jpg"]
+
+
+def test_boxes_check_would_reject_are_not_written(tmp_path):
+    ws, photos = workspace_with(tmp_path, ["a"])
+    det = StubDetector([fish(0.9), fish(0.9, (10, 10, 10.5, 80)), fish(0.9, (10, 10, 80, 10.4), "shark")])
+    summary = prefill_photos(det, photos, {"fish": 0.5, "shark": 0.5}, "stub", progress=False)
+    assert summary.boxes == {"fish": 1}
+    report = check_labels([ws.photos_dir], CLASSES)
+    assert report.errors == [] and [len(it.boxes) for it in report.items] == [1]

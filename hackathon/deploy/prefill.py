@@ -34,6 +34,7 @@ from hackathon.core.fileutil import display, write_bytes_atomic, write_json_atom
 DEFAULT_THRESHOLD = 0.5
 MIN_VAL_BOXES = 5
 MATCH_IOU = 0.5
+MIN_BOX_PX = 1.0  # thinner is no object: `hack check` would reject the file
 SCORE_FLOOR = 0.05  # lower scores are never a box worth showing a person
 BACKUP_DIR = ".prefill-backup"  # beside the photos; hidden, so labelme, check and pack skip it
 
@@ -213,7 +214,8 @@ def _prefill_one(detector, photo, thresholds, floor, record, dry_run, summary):
     if doc is not None and (doc.get("imageWidth"), doc.get("imageHeight")) not in ((w, h), (None, None)):
         raise KitError(f"{display(json_path)}: says {doc.get('imageWidth')}x{doc.get('imageHeight')} but the upright "
                        f"photo is {w}x{h}. Fix: `hack check` says why; label this photo again.")
-    rows = [r for r in detector.detect(image, threshold=floor) if r["score"] >= thresholds.get(r["label"], 1.1)]
+    rows = [r for r in detector.detect(image, threshold=floor) if r["score"] >= thresholds.get(r["label"], 1.1)
+            and min(r["bbox"][2] - r["bbox"][0], r["bbox"][3] - r["bbox"][1]) >= MIN_BOX_PX]
     merged, added, dropped = merge_machine_boxes(doc or new_labelme_document(photo.name, w, h), rows, record)
     summary.dropped += dropped
     summary.boxes.update(s["label"] for s in merged["shapes"][len(merged["shapes"]) - added:])
