@@ -494,7 +494,8 @@ def prefill_cmd(ctx, model, photos, threshold, dry_run):
     file as it was is kept in .prefill-backup/ beside it. Files ticked `reviewed` are left alone.
 
     Thresholds: per class, the score that maximizes F1 on the run's val.rec (boxes matched at
-    IoU >= 0.5); 0.5 for a class with fewer than 5 val boxes, or when the val data is not found.
+    IoU >= 0.5); for a class with fewer than 5 val boxes, that of all classes pooled; a class the
+    model found none of is left out; 0.5 for all when the run's val data is not found.
 
     \b
     Example (the loop):
@@ -522,7 +523,8 @@ def prefill_cmd(ctx, model, photos, threshold, dry_run):
             click.echo(f"threshold {threshold} for every class (--threshold)")
         else:
             thresholds, how = choose_thresholds(m.detector, m.val_rec, progress=True)
-            click.echo("thresholds: " + "; ".join(f"{c} {thresholds[c]:.2f} ({how[c]})" for c in m.detector.classes))
+            click.echo("thresholds: " + "; ".join(f"{c} {thresholds[c]:.2f} ({how[c]})" if thresholds[c] <= 1 else
+                                                  f"{c} off ({how[c]})" for c in m.detector.classes))
         summary = prefill_photos(m.detector, paths, thresholds, m.name, dry_run=dry_run)
     finally:
         m.close()

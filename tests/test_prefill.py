@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from hackathon.cli import cli
-from hackathon.deploy.prefill import BACKUP_DIR, choose_thresholds, prefill_photos
+from hackathon.deploy.prefill import BACKUP_DIR, OFF, choose_thresholds, prefill_photos
 from labeling.check import check_labels
 from labeling.labelme_io import (AUTO_FLAG, PREFILL_KEY, REVIEWED_FLAG, box_iou, is_untouched, machine_shape,
                                  merge_machine_boxes, new_labelme_document)
@@ -208,9 +208,17 @@ def test_thresholds_are_the_f1_best_score_on_val(tmp_path):
     # the true box scores 0.4, a stray box 0.7: keeping >= 0.7 finds nothing (F1 0), >= 0.4 gives F1 2/3
     det = StubDetector([fish(0.4), fish(0.7, STRAY), fish(0.2, STRAY, "shark")])
     thresholds, how = choose_thresholds(det, rec)
-    assert thresholds == {"fish": 0.4, "shark": 0.5}
-    assert how["fish"] == "F1 0.67 on 6 val boxes" and how["shark"].startswith("default (0 val box")
+    assert thresholds == {"fish": 0.4, "shark": 0.4}  # no shark on val: all classes pooled
+    assert how["fish"] == "F1 0.67 on 6 val boxes" and how["shark"] == "0 val box(es): all classes pooled, F1 0.67"
     assert choose_thresholds(det, None)[0] == {"fish": 0.5, "shark": 0.5}
+    # a model that finds no fish on val draws none: every box would be a delete
+    blind = StubDetector([fish(0.9, STRAY), fish(0.8, STRAY, "shark")])
+    thresholds, how = choose_thresholds(blind, rec)
+    assert thresholds == {"fish": OFF, "shark": OFF} and how["fish"] == "none of 6 val boxes found: off"
+    ws, photos = workspace_with(tmp_path, ["a"])
+    assert prefill_photos(blind, photos, thresholds, "blind", progress=False).boxes == {}
+    assert json.loads(photos[0].with_suffix(".json").read_text())[PREFILL_KEY]["thresholds"] == {"fish": None,
+                                                                                                 "shark": None}
 
 
 def test_label_order_typical_lists_varied_photos_still_to_label(tmp_path):

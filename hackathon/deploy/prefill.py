@@ -9,9 +9,11 @@ class, IoU >= 0.5) is dropped. A file ticked ``reviewed`` is left alone.
 
 Thresholds, per class, are chosen on the run's validation photos (its ``val.rec``): the model runs
 on each, its boxes are matched to the true ones (IoU >= 0.5, best score first), and the threshold is
-the score that maximizes F1 (so a box kept is as likely right as a box missed is costly). A class
-with fewer than ``MIN_VAL_BOXES`` true val boxes, or none found, gets ``DEFAULT_THRESHOLD``; so does
-every class when the run's data cannot be found. ``--threshold`` overrides them.
+the score that maximizes F1 (a wrong box costs a person a delete, a missed one a draw). A class with
+fewer than ``MIN_VAL_BOXES`` true val boxes gets the F1-best score of all classes pooled. A class
+the model found none of (enough val boxes, or pooled) is switched off: its boxes would all be
+deletes. Without the run's val data every class gets ``DEFAULT_THRESHOLD``. ``--threshold``
+overrides them all.
 
 Example::
 
@@ -32,6 +34,7 @@ from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_bytes_atomic, write_json_atomic
 
 DEFAULT_THRESHOLD = 0.5
+OFF = float("inf")  # the threshold of a class the model never found on val: no machine boxes
 MIN_VAL_BOXES = 5
 MATCH_IOU = 0.5
 MIN_BOX_PX = 1.0  # thinner is no object: `hack check` would reject the file
@@ -122,14 +125,18 @@ def choose_thresholds(detector, val_rec=None, progress=False):
                 taken.add(best)
             scored[r["label"]].append((r["score"], best is not None))
     thresholds, how = {}, {}
+    pooled, pooled_f1 = _f1_best([x for c in classes for x in scored[c]], sum(n_true.values()))
     for c in classes:
         t, f1 = _f1_best(scored[c], n_true[c])
-        if n_true[c] < MIN_VAL_BOXES or t is None:
-            thresholds[c] = DEFAULT_THRESHOLD
-            how[c] = f"default ({n_true[c]} val box(es){', none found' if n_true[c] >= MIN_VAL_BOXES else ''})"
+        if n_true[c] >= MIN_VAL_BOXES:
+            thresholds[c] = OFF if t is None else t
+            how[c] = f"none of {n_true[c]} val boxes found: off" if t is None else f"F1 {f1:.2f} on {n_true[c]} val boxes"
+        elif pooled is not None:
+            thresholds[c] = pooled
+            how[c] = f"{n_true[c]} val box(es): all classes pooled, F1 {pooled_f1:.2f}"
         else:
-            thresholds[c] = t
-            how[c] = f"F1 {f1:.2f} on {n_true[c]} val boxes"
+            thresholds[c] = OFF
+            how[c] = f"{n_true[c]} val box(es), and no class found: off"
     return thresholds, how
 
 
@@ -183,7 +190,7 @@ def prefill_photos(detector, photos, thresholds, model_name, dry_run=False, prog
 
     summary = PrefillSummary(photos=len(photos))
     record = {"model": model_name, "classes": list(detector.classes),
-              "thresholds": {c: round(float(t), 4) for c, t in thresholds.items()},
+              "thresholds": {c: None if t == OFF else round(float(t), 4) for c, t in thresholds.items()},
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     floor = max(min(thresholds.values()), 0.0) if thresholds else DEFAULT_THRESHOLD
     for photo in tqdm(list(photos), desc="prefill", unit="photo", disable=not progress):
@@ -245,6 +252,7 @@ def uncertainty_order(detector, photos, thresholds, progress=True):
         doubt = 0.0
         for r in detector.detect(image, threshold=SCORE_FLOOR):
             t = thresholds.get(r["label"], DEFAULT_THRESHOLD)
-            doubt += 1 - abs(r["score"] - t) / max(t, 1 - t)
+            if t <= 1:  # a class switched off says nothing about the photo
+                doubt += 1 - abs(r["score"] - t) / max(t, 1 - t)
         out.append((photo, doubt))
     return sorted(out, key=lambda x: (-x[1], str(x[0])))
