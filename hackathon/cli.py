@@ -493,9 +493,10 @@ def prefill_cmd(ctx, model, photos, threshold, dry_run):
     they are; a prediction that overlaps one of the same class (IoU >= 0.5) is dropped, and the
     file as it was is kept in .prefill-backup/ beside it. Files ticked `reviewed` are left alone.
 
-    Thresholds: per class, the score that maximizes F1 on the run's val.rec (boxes matched at
-    IoU >= 0.5); for a class with fewer than 5 val boxes, that of all classes pooled; a class the
-    model found none of is left out; 0.5 for all when the run's val data is not found.
+    Thresholds: per class, the score that saves the most actions on the run's val.rec (each box
+    kept: +1 if right as it is, IoU >= 0.7; 0 if it needs a fix; -1 if it must be deleted); for a
+    class with fewer than 5 val boxes, that of all classes pooled; a class where no threshold saves
+    anything is left out; 0.5 for all when the run's val data is not found.
 
     \b
     Example (the loop):

@@ -255,7 +255,8 @@ already finds many boxes of the rest, and correcting a box is quicker than drawi
 
 Here, the validation photos play the team's next, unlabelled batch: copied without their labels
 and pre-filled by the run above (`prefill_photos` is `hack prefill`). The thresholds are chosen per
-class on the run's val photos (the F1-best score), so on these very photos they flatter the model.""",
+class on the run's val photos (the score that saves the most actions), so on these very photos they
+flatter the model.""",
     """import json
 from hackathon.deploy.prefill import choose_thresholds, open_model, prefill_photos
 

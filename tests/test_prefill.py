@@ -205,16 +205,22 @@ def test_thresholds_are_the_f1_best_score_on_val(tmp_path):
         labelme_json(photo(tmp_path / "val" / f"v{i}.jpg"), [rect("fish", *OBJECT)])
     pack_dataset([tmp_path / "val"], tmp_path / "data", CLASSES, val_fraction=0, progress=False, workers=1)
     rec = tmp_path / "data" / "train.rec"  # six fish, one per photo; no shark
-    # the true box scores 0.4, a stray box 0.7: keeping >= 0.7 finds nothing (F1 0), >= 0.4 gives F1 2/3
-    det = StubDetector([fish(0.4), fish(0.7, STRAY), fish(0.2, STRAY, "shark")])
+    # on each photo: the true box at 0.6 (kept: +1), a loose one at 0.55 (IoU 0.6: a fix, 0), a stray
+    # box at 0.5 (a delete: -1); the sums are 6, 6, 0 from the top: 0.6 (the first of the highest)
+    loose = (40, 50, 160 + 60, 150)  # IoU 120/180 with the object
+    det = StubDetector([fish(0.6), fish(0.55, loose), fish(0.5, STRAY), fish(0.2, STRAY, "shark")])
     thresholds, how = choose_thresholds(det, rec)
-    assert thresholds == {"fish": 0.4, "shark": 0.4}  # no shark on val: all classes pooled
-    assert how["fish"] == "F1 0.67 on 6 val boxes" and how["shark"] == "0 val box(es): all classes pooled, F1 0.67"
+    assert thresholds == {"fish": 0.6, "shark": 0.6}  # no shark on val: all classes pooled
+    assert how["fish"] == "saves 6 action(s) on 6 val boxes" and how["shark"] == "0 val box(es), all classes pooled"
     assert choose_thresholds(det, None)[0] == {"fish": 0.5, "shark": 0.5}
+    # a stray box scoring above the true one: the best sum is 0 (-1 +1), so the class is off
+    thresholds, _ = choose_thresholds(StubDetector([fish(0.7, STRAY), fish(0.4), fish(0.3, STRAY)]), rec)
+    assert thresholds["fish"] == OFF
     # a model that finds no fish on val draws none: every box would be a delete
     blind = StubDetector([fish(0.9, STRAY), fish(0.8, STRAY, "shark")])
     thresholds, how = choose_thresholds(blind, rec)
-    assert thresholds == {"fish": OFF, "shark": OFF} and how["fish"] == "none of 6 val boxes found: off"
+    assert thresholds == {"fish": OFF, "shark": OFF}
+    assert how["fish"] == "off: costs more actions than it saves on 6 val boxes"
     ws, photos = workspace_with(tmp_path, ["a"])
     assert prefill_photos(blind, photos, thresholds, "blind", progress=False).boxes == {}
     assert json.loads(photos[0].with_suffix(".json").read_text())[PREFILL_KEY]["thresholds"] == {"fish": None,

@@ -7,13 +7,15 @@ that made it (labeling/labelme_io.py owns these marks and the merge). A photo th
 person's boxes keeps every one of them as it was; a prediction that overlaps one of them (same
 class, IoU >= 0.5) is dropped. A file ticked ``reviewed`` is left alone.
 
-Thresholds, per class, are chosen on the run's validation photos (its ``val.rec``): the model runs
-on each, its boxes are matched to the true ones (IoU >= 0.5, best score first), and the threshold is
-the score that maximizes F1 (a wrong box costs a person a delete, a missed one a draw). A class with
-fewer than ``MIN_VAL_BOXES`` true val boxes gets the F1-best score of all classes pooled. A class
-the model found none of (enough val boxes, or pooled) is switched off: its boxes would all be
-deletes. Without the run's val data every class gets ``DEFAULT_THRESHOLD``. ``--threshold``
-overrides them all.
+Thresholds, per class, are chosen on the run's validation photos (its ``val.rec``) to save the
+team the most actions: the model runs on each photo, its boxes are matched to the true ones (same
+class, IoU >= 0.5, best score first), and each box kept above a threshold is worth +1 if a person
+keeps it as it is (IoU >= ``KEEP_IOU``: one box less to draw), 0 if it needs fixing (a fix instead
+of a draw) and -1 if it matches nothing (a delete). The threshold is the score where the sum is
+highest. A class with fewer than ``MIN_VAL_BOXES`` true val boxes gets the threshold of all classes
+pooled. A class whose best sum is not above 0 is switched off (no machine boxes): the model costs
+more actions there than it saves. Without the run's val data every class gets
+``DEFAULT_THRESHOLD``. ``--threshold`` overrides them all.
 
 Example::
 
@@ -37,6 +39,7 @@ DEFAULT_THRESHOLD = 0.5
 OFF = float("inf")  # the threshold of a class the model never found on val: no machine boxes
 MIN_VAL_BOXES = 5
 MATCH_IOU = 0.5
+KEEP_IOU = 0.7  # a machine box this close to the true one is kept as it is
 MIN_BOX_PX = 1.0  # thinner is no object: `hack check` would reject the file
 SCORE_FLOOR = 0.05  # lower scores are never a box worth showing a person
 BACKUP_DIR = ".prefill-backup"  # beside the photos; hidden, so labelme, check and pack skip it
@@ -96,7 +99,8 @@ def _val_rec(run):
 
 
 def choose_thresholds(detector, val_rec=None, progress=False):
-    """({class: threshold}, {class: how it was chosen}): the F1-best score per class on `val_rec`."""
+    """({class: threshold}, {class: how it was chosen}): per class, the score that saves the most
+    actions on `val_rec` (see the module docstring)."""
     classes = list(detector.classes)
     if val_rec is None:
         return ({c: DEFAULT_THRESHOLD for c in classes},
@@ -107,7 +111,7 @@ def choose_thresholds(detector, val_rec=None, progress=False):
     from hackathon.train.data import DetectionRecords
 
     records = DetectionRecords(val_rec, len(classes))
-    scored = {c: [] for c in classes}  # class -> [(score, true positive)]
+    scored = {c: [] for c in classes}  # class -> [(score, IoU with the true box it matched, or 0)]
     n_true = Counter()
     for i in tqdm(range(len(records)), desc="thresholds on val", unit="img", disable=not progress):
         img, boxes, ids = records.read(i)
@@ -123,33 +127,30 @@ def choose_thresholds(detector, val_rec=None, progress=False):
                         best, best_iou = j, o
             if best is not None:
                 taken.add(best)
-            scored[r["label"]].append((r["score"], best is not None))
+            scored[r["label"]].append((r["score"], best_iou if best is not None else 0.0))
     thresholds, how = {}, {}
-    pooled, pooled_f1 = _f1_best([x for c in classes for x in scored[c]], sum(n_true.values()))
+    pooled, pooled_gain = _most_saved([x for c in classes for x in scored[c]])
     for c in classes:
-        t, f1 = _f1_best(scored[c], n_true[c])
+        t, gain = _most_saved(scored[c])
         if n_true[c] >= MIN_VAL_BOXES:
             thresholds[c] = OFF if t is None else t
-            how[c] = f"none of {n_true[c]} val boxes found: off" if t is None else f"F1 {f1:.2f} on {n_true[c]} val boxes"
-        elif pooled is not None:
-            thresholds[c] = pooled
-            how[c] = f"{n_true[c]} val box(es): all classes pooled, F1 {pooled_f1:.2f}"
+            how[c] = (f"off: costs more actions than it saves on {n_true[c]} val boxes" if t is None else
+                      f"saves {gain} action(s) on {n_true[c]} val boxes")
         else:
-            thresholds[c] = OFF
-            how[c] = f"{n_true[c]} val box(es), and no class found: off"
+            thresholds[c] = OFF if pooled is None else pooled
+            how[c] = f"{n_true[c]} val box(es), all classes pooled" + (": off" if pooled is None else "")
     return thresholds, how
 
 
-def _f1_best(scored, n_true):
-    """(score, F1) where keeping boxes of at least that score maximizes F1; (None, 0) if none is right."""
-    if not scored or not n_true:
-        return None, 0.0
-    scores, tp = map(np.array, zip(*sorted(scored, key=lambda x: -x[0])))
-    ctp = np.cumsum(tp)
-    precision, recall = ctp / np.arange(1, len(tp) + 1), ctp / n_true
-    f1 = np.where(ctp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    k = int(np.argmax(f1))
-    return (float(scores[k]), float(f1[k])) if f1[k] > 0 else (None, 0.0)
+def _most_saved(scored):
+    """(score, actions saved) where keeping boxes of at least that score saves the most actions:
+    +1 a box kept as it is, 0 one to fix, -1 one to delete; (None, 0) if no score saves any."""
+    if not scored:
+        return None, 0
+    scored = sorted(scored, key=lambda x: -x[0])
+    gains = np.cumsum([1 if iou >= KEEP_IOU else 0 if iou >= MATCH_IOU else -1 for _, iou in scored])
+    k = int(np.argmax(gains))
+    return (float(scored[k][0]), int(gains[k])) if gains[k] > 0 else (None, 0)
 
 
 def _iou(a, b):
