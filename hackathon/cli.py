@@ -481,7 +481,7 @@ def predict_cmd(export, images, out, threshold, keep):
 @click.argument("model", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.argument("photos", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--threshold", type=click.FloatRange(0, 1),
-              help="One score threshold for every class (default: per class, the F1-best on the run's val photos).")
+              help="One score threshold for every class (default: per class, the one saving the most actions on the run's val photos).")
 @click.option("--dry-run", is_flag=True, help="Say what would be written; write nothing.")
 @click.pass_context
 def prefill_cmd(ctx, model, photos, threshold, dry_run):
