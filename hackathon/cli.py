@@ -487,7 +487,8 @@ def predict_cmd(export, images, out, threshold, keep):
 def prefill_cmd(ctx, model, photos, threshold, dry_run):
     """Let MODEL (a run folder or an export) draw its boxes into labelme; the team only corrects.
 
-    PHOTOS (files or folders) default to the workspace's photos without labels. Each gets labelme
+    PHOTOS (files or folders) default to the workspace's photos without labels (no JSON, or
+    pre-filled and not reviewed: a newer model replaces its untouched boxes). Each gets labelme
     5.11.4 JSON beside it: machine boxes with the flag `auto` and their score in the description,
     the file flagged `reviewed: false` with the model that made it. A person's boxes are kept as
     they are; a prediction that overlaps one of the same class (IoU >= 0.5) is dropped, and the
@@ -513,7 +514,8 @@ def prefill_cmd(ctx, model, photos, threshold, dry_run):
     else:
         paths = photos_without_labels(ws.photos_dir)
         if not paths:
-            raise KitError(f"every photo in {ws.photos_dir} has labels already. Fix: give PHOTOS to merge into.")
+            raise KitError(f"every photo in {ws.photos_dir} is labelled or reviewed already. Fix: give PHOTOS to "
+                           "merge into.")
     m = open_model(model)
     try:
         if ws is not None and list(m.detector.classes) != list(ws.classes):
@@ -529,8 +531,10 @@ def prefill_cmd(ctx, model, photos, threshold, dry_run):
         summary = prefill_photos(m.detector, paths, thresholds, m.name, dry_run=dry_run)
     finally:
         m.close()
-    for path, why in summary.skipped:
+    for path, why in summary.skipped[:10]:
         click.echo(f"skipped: {path}: {why}")
+    if len(summary.skipped) > 10:
+        click.echo(f"skipped: {len(summary.skipped) - 10} more")
     for path, message in summary.failed:
         click.secho(f"error: {message}", fg="red", err=True)
     click.echo(summary.line(dry_run) + ("" if dry_run else ". Next: hack label, correct, tick 'reviewed'"))

@@ -98,6 +98,10 @@ def test_prefill_writes_labelme_files_labelme_opens(tmp_path, export_dir):
     assert result.exit_code == 0, result.output
     assert "2 photo(s): wrote 2 labelme file(s)" in result.output
     assert photos[0].with_suffix(".json").read_bytes() == before  # default: photos without labels only
+    # a newer model: the default takes the pre-filled photos nobody reviewed again, not the labelled one
+    result = CliRunner().invoke(cli, ["--project", str(ws.root), "prefill", str(export_dir), "--threshold", "0.02"])
+    assert result.exit_code == 0 and "2 photo(s): wrote 2 labelme file(s)" in result.output, result.output
+    assert photos[0].with_suffix(".json").read_bytes() == before
     from labelme import LabelFile
 
     for p in photos[1:]:
@@ -144,6 +148,8 @@ def test_prefill_writes_labelme_files_labelme_opens(tmp_path, export_dir):
                                       "--threshold", "0.01"])
     assert result.exit_code == 0 and "ticked reviewed" in result.output, result.output
     assert photos[1].with_suffix(".json").read_bytes() == ticked
+    result = CliRunner().invoke(cli, ["--project", str(ws.root), "prefill", str(export_dir)])
+    assert result.exit_code == 1 and "every photo in" in result.output and "labelled or reviewed" in result.output
 
 
 def test_merging_into_a_labelled_photo_keeps_its_boxes_and_a_backup(tmp_path):
@@ -200,7 +206,7 @@ def test_a_model_with_other_classes_is_refused(tmp_path):
     assert not photos[0].with_suffix(".json").exists()
 
 
-def test_thresholds_are_the_f1_best_score_on_val(tmp_path):
+def test_thresholds_save_the_most_actions_on_val(tmp_path):
     for i in range(6):
         labelme_json(photo(tmp_path / "val" / f"v{i}.jpg"), [rect("fish", *OBJECT)])
     pack_dataset([tmp_path / "val"], tmp_path / "data", CLASSES, val_fraction=0, progress=False, workers=1)
@@ -220,9 +226,12 @@ def test_thresholds_are_the_f1_best_score_on_val(tmp_path):
     blind = StubDetector([fish(0.9, STRAY), fish(0.8, STRAY, "shark")])
     thresholds, how = choose_thresholds(blind, rec)
     assert thresholds == {"fish": OFF, "shark": OFF}
-    assert how["fish"] == "off: costs more actions than it saves on 6 val boxes"
-    ws, photos = workspace_with(tmp_path, ["a"])
-    assert prefill_photos(blind, photos, thresholds, "blind", progress=False).boxes == {}
+    assert how["fish"] == "costs more actions than it saves on 6 val boxes"
+    ws, photos = workspace_with(tmp_path, ["a", "b"])
+    labelme_json(photos[0], [rect("fish", *OBJECT)])
+    summary = prefill_photos(blind, photos, thresholds, "blind", progress=False)
+    assert summary.boxes == {} and summary.skipped == [(photos[1], "no box above its class threshold")]
+    assert not photos[1].with_suffix(".json").exists()  # still a photo to label, not an empty "pre-filled" one
     assert json.loads(photos[0].with_suffix(".json").read_text())[PREFILL_KEY]["thresholds"] == {"fish": None,
                                                                                                  "shark": None}
 

@@ -134,11 +134,11 @@ def choose_thresholds(detector, val_rec=None, progress=False):
         t, gain = _most_saved(scored[c])
         if n_true[c] >= MIN_VAL_BOXES:
             thresholds[c] = OFF if t is None else t
-            how[c] = (f"off: costs more actions than it saves on {n_true[c]} val boxes" if t is None else
+            how[c] = (f"costs more actions than it saves on {n_true[c]} val boxes" if t is None else
                       f"saves {gain} action(s) on {n_true[c]} val boxes")
         else:
             thresholds[c] = OFF if pooled is None else pooled
-            how[c] = f"{n_true[c]} val box(es), all classes pooled" + (": off" if pooled is None else "")
+            how[c] = f"{n_true[c]} val box(es), all classes pooled" + (", which save nothing" if pooled is None else "")
     return thresholds, how
 
 
@@ -160,11 +160,11 @@ def _iou(a, b):
 
 
 def photos_without_labels(folder) -> list:
-    """The photos below `folder` with no labelme JSON beside them (hidden folders skipped)."""
-    from hackathon.deploy.predict import collect_images
+    """The photos below `folder` nobody has labelled: no labelme JSON beside them, or one pre-filled
+    and not reviewed (a newer model refreshes its untouched machine boxes; a person's are kept)."""
+    from labeling.label import still_to_label
 
-    paths, _ = collect_images([folder])
-    return [p for p in paths if not p.with_suffix(".json").exists()]
+    return [Path(folder) / p for p in still_to_label(folder)]
 
 
 @dataclass
@@ -224,6 +224,9 @@ def _prefill_one(detector, photo, thresholds, floor, record, dry_run, summary):
                        f"photo is {w}x{h}. Fix: `hack check` says why; label this photo again.")
     rows = [r for r in detector.detect(image, threshold=floor) if r["score"] >= thresholds.get(r["label"], 1.1)
             and min(r["bbox"][2] - r["bbox"][0], r["bbox"][3] - r["bbox"][1]) >= MIN_BOX_PX]
+    if doc is None and not rows:
+        summary.skipped.append((photo, "no box above its class threshold"))
+        return None
     merged, added, dropped = merge_machine_boxes(doc or new_labelme_document(photo.name, w, h), rows, record)
     summary.dropped += dropped
     summary.boxes.update(s["label"] for s in merged["shapes"][len(merged["shapes"]) - added:])
