@@ -208,6 +208,5 @@ def merge_machine_boxes(doc, predictions, prefill, overlap=OVERLAP_IOU):
     out = dict(doc)
     out["shapes"] = kept + added
     out["flags"] = {**(doc.get("flags") if isinstance(doc.get("flags"), dict) else {}), REVIEWED_FLAG: False}
-    out["imageData"] = None if doc.get("imageData") is None else doc["imageData"]
     out[PREFILL_KEY] = prefill
     return out, len(added), dropped
