@@ -38,6 +38,7 @@ def cli(ctx, project, verbose):
       cd fishy && hack import ~/phone/DCIM --scene tank-a
       hack capture                             or: phones send photos over Wi-Fi (QR code)
       hack label --member 1/3                  label your share in labelme
+      hack prefill run                         after a first training: the model pre-fills the rest
       hack check                               every problem, with its fix
       hack pack photos/tank-a --out data       train/val RecordIO of the training scene
       hack show data/train.rec --out grid.png  look at what training will see
@@ -138,23 +139,48 @@ def import_cmd(ctx, sources, scene, max_side):
 @cli.command("label")
 @click.argument("folder", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--member", metavar="K/N", help="Open only the K-th of N shares, so a team labels in parallel.")
+@click.option("--order", type=click.Choice(["typical", "uncertain", "name"]), default="name", show_default=True,
+              help="Which photos still to label come first: typical (the most typical and varied of the set, "
+                   "from MobileNetV2 features; when nothing is labelled yet), uncertain (those --model is least "
+                   "sure of), name (all, by name).")
+@click.option("--batch", default=40, show_default=True, type=click.IntRange(1),
+              help="With --order typical/uncertain: how many photos labelme lists (the first of that order).")
+@click.option("--model", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="For --order uncertain: a run folder or an export.")
 @click.option("--print-command", is_flag=True,
               help="Print the labelme command instead of starting it (to run it in a terminal with a screen).")
 @click.pass_context
-def label_cmd(ctx, folder, member, print_command):
+def label_cmd(ctx, folder, member, order, batch, model, print_command):
     """Open labelme on the workspace photos: rectangles, the team's classes, autosave.
+
+    Machine boxes from `hack prefill` keep their `auto` flag when edited or relabelled, the
+    `reviewed` tick shows beside each photo (tick it once every box is right), and no image data
+    goes into the JSON. With --order typical/uncertain labelme lists only the --batch photos to
+    label first (the whole order: .hack/label-order.txt).
 
     \b
     Example (a team of three, one laptop each or one after another):
       hack label --member 1/3
+      hack label --order typical --batch 40      the first 40, when nothing is labelled yet
+      hack label --order uncertain --model run   after `hack prefill run`
     Draw: Ctrl+R, click two corners, type the class, Enter. Next photo: D.
     The team guide: labeling/GUIDE.md.
     """
     from labeling import label
 
     ws = workspace(ctx)
-    command, shown = label.prepare_labelme(folder or ws.photos_dir, ws.classes, ws.state_dir,
-                                           label.parse_member(member) if member else None)
+    folder = folder or ws.photos_dir
+    first = None
+    if order != "name":
+        ranked = label_order(folder, order, model, ws)
+        from hackathon.core.fileutil import write_text_atomic
+
+        write_text_atomic(ws.state_dir / "label-order.txt", "".join(p + "\n" for p in ranked))
+        first = ranked[:batch]
+        click.echo(f"--order {order}: {len(ranked)} photo(s) still to label; labelme lists the first {len(first)} "
+                   f"(all of them, in order: {ws.state_dir / 'label-order.txt'})")
+    command, shown = label.prepare_labelme(folder, ws.classes, ws.state_dir,
+                                           label.parse_member(member) if member else None, first=first)
     if print_command:
         click.echo(" ".join(command))
         return
@@ -163,6 +189,36 @@ def label_cmd(ctx, folder, member, print_command):
     code = label.run_labelme(command)
     if code:
         raise KitError(f"labelme exited with code {code}. Fix: run `hack doctor` to see what is wrong.")
+
+
+def label_order(folder, order, model, ws):
+    """The photos still to label below `folder` (POSIX paths relative to it), in `order`."""
+    from labeling.label import still_to_label
+
+    todo = still_to_label(folder)
+    if not todo:
+        return []
+    paths = [Path(folder) / p for p in todo]
+    if order == "typical":
+        from hackathon.evaluate.features import extract_features, typical_order
+
+        feats = extract_features(paths, cache_path=ws.state_dir / "features-cache.npz")
+        for _, message in feats.skipped:
+            click.secho(f"error: {message}", fg="red", err=True)
+        ranked = typical_order(feats)
+    else:
+        if model is None:
+            raise KitError("--order uncertain needs the model: --model RUN (a run folder or an export). "
+                           "Fix: pass it, or use --order typical before the first training.")
+        from hackathon.deploy.prefill import choose_thresholds, open_model, uncertainty_order
+
+        m = open_model(model)
+        try:
+            thresholds, _ = choose_thresholds(m.detector, m.val_rec)
+            ranked = [p for p, _ in uncertainty_order(m.detector, paths, thresholds)]
+        finally:
+            m.close()
+    return [Path(p).relative_to(folder).as_posix() for p in ranked]
 
 
 @cli.command("check")
@@ -219,10 +275,13 @@ def print_report(report, quiet=False):
 @click.option("--val-scene", help="Hold out every photo of this scene instead (a shift-aware validation).")
 @click.option("--max-side", type=int, help="Downscale so the long side is at most this (default: keep).")
 @click.option("--workers", type=int, help="Decoding threads (default: one per core).")
+@click.option("--include-unreviewed", is_flag=True,
+              help="Also pack photos pre-filled by `hack prefill` whose 'reviewed' flag is not ticked.")
 @classes_option
 @labels_option
 @click.pass_context
-def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers, classes_csv, labels_file):
+def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers, include_unreviewed, classes_csv,
+             labels_file):
     """Check LABELS (labelme folders or files), then write train/val RecordIO to --out.
 
     Writes train and val as .rec + .idx + .lst in im2rec's detection layout, classes.txt and
@@ -246,7 +305,11 @@ def pack_cmd(ctx, labels, out, val_fraction, seed, val_scene, max_side, workers,
     report = check_labels(roots, classes)
     print_report(report, quiet=True)
     manifest = pack_dataset(roots, out, classes, val_fraction=val_fraction, seed=seed, val_scene=val_scene,
-                            max_side=max_side, workers=workers, report=report)
+                            max_side=max_side, workers=workers, report=report,
+                            include_unreviewed=include_unreviewed)
+    if manifest["unreviewed_left_out"]:
+        click.secho(f"warning: {manifest['unreviewed_left_out']} pre-filled photo(s) not reviewed are left out of "
+                    "training (tick 'reviewed' in labelme, or --include-unreviewed).", fg="yellow", err=True)
     for w in manifest["warnings"]:
         click.secho(f"warning: {w}", fg="yellow", err=True)
     s = manifest["splits"]
@@ -495,6 +558,71 @@ def predict_cmd(export, images, out, threshold, keep, precision, benchmark):
     if hint:
         click.secho(f"warning: {hint}", fg="yellow", err=True)
     if failed:
+        sys.exit(1)
+
+
+@cli.command("prefill")
+@click.argument("model", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("photos", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--threshold", type=click.FloatRange(0, 1),
+              help="One score threshold for every class (default: per class, the one saving the most actions on the run's val photos).")
+@click.option("--dry-run", is_flag=True, help="Say what would be written; write nothing.")
+@click.pass_context
+def prefill_cmd(ctx, model, photos, threshold, dry_run):
+    """Let MODEL (a run folder or an export) draw its boxes into labelme; the team only corrects.
+
+    PHOTOS (files or folders) default to the workspace's photos without labels (no JSON, or
+    pre-filled and not reviewed: a newer model replaces its untouched boxes). Each gets labelme
+    5.11.4 JSON beside it: machine boxes with the flag `auto` and their score in the description,
+    the file flagged `reviewed: false` with the model that made it. A person's boxes are kept as
+    they are; a prediction that overlaps one of the same class (IoU >= 0.5) is dropped, and the
+    file as it was is kept in .prefill-backup/ beside it. Files ticked `reviewed` are left alone.
+
+    Thresholds: per class, the score that saves the most actions on the run's val.rec (each box
+    kept: +1 if right as it is, IoU >= 0.7; 0 if it needs a fix; -1 if it must be deleted); for a
+    class with fewer than 5 val boxes, that of all classes pooled; a class where no threshold saves
+    anything is left out; 0.5 for all when the run's val data is not found.
+
+    \b
+    Example (the loop):
+      hack train data --out run --max-minutes 10     after labelling ~40 photos
+      hack prefill run                               the other photos, pre-filled
+      hack label --order uncertain --model run       correct them, tick 'reviewed'
+    """
+    from hackathon.deploy.prefill import choose_thresholds, open_model, photos_without_labels, prefill_photos
+    from hackathon.deploy.predict import collect_images
+
+    ws = workspace(ctx, required=not photos)
+    if photos:
+        paths, _ = collect_images(photos)
+    else:
+        paths = photos_without_labels(ws.photos_dir)
+        if not paths:
+            raise KitError(f"every photo in {ws.photos_dir} is labelled or reviewed already. Fix: give PHOTOS to "
+                           "merge into.")
+    m = open_model(model)
+    try:
+        if ws is not None and list(m.detector.classes) != list(ws.classes):
+            raise KitError(f"{model}: the model's classes {m.detector.classes} differ from the workspace's "
+                           f"{ws.classes} ({ws.classes_file}). Fix: train on this workspace's data, or give its own model.")
+        if threshold is not None:
+            thresholds = {c: threshold for c in m.detector.classes}
+            click.echo(f"threshold {threshold} for every class (--threshold)")
+        else:
+            thresholds, how = choose_thresholds(m.detector, m.val_rec, progress=True)
+            click.echo("thresholds: " + "; ".join(f"{c} {thresholds[c]:.2f} ({how[c]})" if thresholds[c] <= 1 else
+                                                  f"{c} off ({how[c]})" for c in m.detector.classes))
+        summary = prefill_photos(m.detector, paths, thresholds, m.name, dry_run=dry_run)
+    finally:
+        m.close()
+    for path, why in summary.skipped[:10]:
+        click.echo(f"skipped: {path}: {why}")
+    if len(summary.skipped) > 10:
+        click.echo(f"skipped: {len(summary.skipped) - 10} more")
+    for path, message in summary.failed:
+        click.secho(f"error: {message}", fg="red", err=True)
+    click.echo(summary.line(dry_run) + ("" if dry_run else ". Next: hack label, correct, tick 'reviewed'"))
+    if summary.failed:
         sys.exit(1)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display
-from labeling.labelme_io import read_labelme
+from labeling.labelme_io import is_machine, is_unreviewed_prefill, is_untouched, read_labelme
 from labeling.photos import IMAGE_SUFFIXES, check_complete, is_image_name, upright_size
 
 DUPLICATE_IOU = 0.9
@@ -50,6 +50,9 @@ class Item:
     width: int
     height: int
     boxes: list
+    unreviewed: bool = False  # pre-filled by `hack prefill`, `reviewed` not ticked yet
+    machine: int = 0  # boxes the model drew (flag `auto`)
+    untouched: int = 0  # of them, still exactly as the model drew them
 
 
 @dataclass
@@ -59,6 +62,11 @@ class CheckReport:
     problems: list = field(default_factory=list)
     unlabeled: list = field(default_factory=list)
     files: int = 0
+
+    @property
+    def unreviewed(self):
+        """Photos pre-filled by the model whose `reviewed` flag is not ticked: `hack pack` leaves them out."""
+        return [it for it in self.items if it.unreviewed]
 
     @property
     def errors(self):
@@ -171,7 +179,22 @@ def check_labels(roots, classes, drop_degenerate=False) -> CheckReport:
         more = f" and {len(report.unlabeled) - 5} more" if len(report.unlabeled) > 5 else ""
         report.problems.append(Problem("warning", shown + more, f"{len(report.unlabeled)} photo(s) have no labels "
                                        "yet. Fix: label them with `hack label`, or move them out."))
+    _warn_unreviewed(report)
     return report
+
+
+def _warn_unreviewed(report):
+    """One warning for every pre-filled photo nobody has reviewed, with its untouched machine boxes."""
+    todo = report.unreviewed
+    if not todo:
+        return
+    shown = ", ".join(display(it.json_path) for it in todo[:5])
+    more = f" and {len(todo) - 5} more" if len(todo) > 5 else ""
+    machine, untouched = sum(it.machine for it in todo), sum(it.untouched for it in todo)
+    report.problems.append(Problem("warning", shown + more, f"{len(todo)} photo(s) pre-filled by a model and not "
+                                   f"reviewed ({machine} machine box(es), {untouched} never touched). Fix: correct "
+                                   "them in labelme (`hack label`) and tick 'reviewed'; `hack pack` leaves them out "
+                                   "until then (or pass --include-unreviewed)."))
 
 
 def _label_lookup(classes):
@@ -206,7 +229,9 @@ def _check_file(root, path, base, classes, lookup, problems, drop_degenerate=Fal
     if errors:
         return None
     return Item(json_path=path, image_source=lf.image_source, key=display(Path(os.path.relpath(os.path.abspath(path), base)).as_posix()),
-                scene=scene_of(root, path), width=w, height=h, boxes=_drop_duplicates(boxes, classes, problems, name))
+                scene=scene_of(root, path), width=w, height=h, boxes=_drop_duplicates(boxes, classes, problems, name),
+                unreviewed=is_unreviewed_prefill(lf), machine=sum(map(is_machine, lf.shapes)),
+                untouched=sum(map(is_untouched, lf.shapes)))
 
 
 def _missing_photo(path, image_path_text):

@@ -16,6 +16,7 @@ import yaml
 
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_text_atomic
+from labeling.labelme_io import AUTO_FLAG, REVIEWED_FLAG, is_unreviewed_prefill, read_labelme
 from labeling.photos import is_image_name
 
 CONFIG_TEMPLATE = Path(__file__).with_name("labelme_config.yaml")
@@ -40,6 +41,21 @@ def list_photos(folder) -> list:
     return sorted(found)
 
 
+def still_to_label(folder) -> list:
+    """Photos below `folder` (as list_photos) with no labels yet, or pre-filled and not reviewed."""
+    todo = []
+    for rel in list_photos(folder):
+        json_path = (Path(folder) / rel).with_suffix(".json")
+        if json_path.exists():
+            try:
+                if not is_unreviewed_prefill(read_labelme(json_path)):
+                    continue
+            except KitError:
+                pass  # a broken file needs a person too
+        todo.append(rel)
+    return todo
+
+
 def member_share(photos, k, n) -> list:
     """The K-th of N shares, dealt like cards so each member gets every scene."""
     return photos[k - 1::n]
@@ -53,6 +69,10 @@ def share_pattern(share) -> str:
 def labelme_config(classes, file_search=None) -> dict:
     config = yaml.safe_load(CONFIG_TEMPLATE.read_text("utf-8"))
     config["labels"] = list(classes)
+    # `hack prefill`'s marks survive editing: every box has the `auto` flag (so a relabelled machine
+    # box keeps it, labelme keeps only declared flags on a relabel), every photo the `reviewed` tick
+    config["flags"] = [REVIEWED_FLAG]
+    config["label_flags"] = {".*": [AUTO_FLAG]}
     if file_search:
         config["file_search"] = file_search
     return config
@@ -71,13 +91,22 @@ def labelme_env():
     return env
 
 
-def prepare_labelme(folder, classes, state_dir, member=None):
-    """Write the labelme config for `folder` (and a member's share); returns (command, photos shown)."""
+def prepare_labelme(folder, classes, state_dir, member=None, first=None):
+    """Write the labelme config for `folder` (and a member's share); returns (command, photos shown).
+
+    `first`: the photos to label first (POSIX paths relative to `folder`, from `hack label --order`);
+    labelme then lists only those (in its own name order), a member's share of them with `member`."""
     folder = Path(folder)
     photos = list_photos(folder)
     if not photos:
         raise KitError(f"{display(folder)}: no photos to label. Fix: `hack import PHOTOS --scene NAME` first.")
+    if first is not None:
+        photos = sorted(set(first) & set(photos))
+        if not photos:
+            raise KitError(f"{display(folder)}: every photo is labelled already. Fix: nothing to do, or drop --order.")
     shown, pattern = photos, None
+    if first is not None and not member:
+        pattern = share_pattern(shown)
     if member:
         k, n = member
         shown = member_share(photos, k, n)

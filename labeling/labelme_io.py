@@ -7,6 +7,7 @@ backslashes), and may carry the image itself as base64 `imageData`. Older versio
 import base64
 import binascii
 import json
+import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
@@ -15,12 +16,25 @@ from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display
 from labeling.photos import IMAGE_SUFFIXES
 
+# `hack prefill`'s marks in a labelme file. labelme keeps all three when it saves: the shape flag
+# and the file flag are declared in its config (`hack label` does that, labelme_config.yaml), and
+# labelme writes a top-level key it does not know back as it read it.
+AUTO_FLAG = "auto"            # shape flag: the model drew this box
+REVIEWED_FLAG = "reviewed"    # file flag: a person went over every box of this photo
+PREFILL_KEY = "kitPrefill"    # {"model": ..., "thresholds": {class: score}, "time": ...}
+LABELME_VERSION = "5.11.4"    # the labelme the kit pins, and the format prefill writes
+OVERLAP_IOU = 0.5             # a prediction this close to a person's box of its class is that box
+# A machine box's description: its score, and what the model drew (to tell a box nobody touched).
+_MACHINE_RE = re.compile(r"^score (?P<score>[0-9.]+) \(model: (?P<label>.*) at (?P<box>[-0-9., ]+)\)$")
+
 
 @dataclass
 class Shape:
     label: str
     shape_type: str
     points: list  # [[x, y], ...] in pixels of the upright image
+    flags: dict = field(default_factory=dict)  # labelme's per-shape flags, e.g. {"auto": True}
+    description: str = ""
 
 
 @dataclass
@@ -33,6 +47,8 @@ class LabelmeFile:
     height: int = None
     shapes: list = field(default_factory=list)
     version: str = ""
+    flags: dict = field(default_factory=dict)  # labelme's file flags, e.g. {"reviewed": False}
+    prefill: dict = None  # the PREFILL_KEY record of `hack prefill` (which model), when present
 
     @property
     def image_source(self):
@@ -74,9 +90,13 @@ def read_labelme(path) -> LabelmeFile:
         except (TypeError, ValueError, IndexError):
             raise _not_labelme(path, f"shape {i + 1} has points that are not [x, y] numbers") from None
         label = s.get("label")
+        flags = s.get("flags") if isinstance(s.get("flags"), dict) else {}
         # NFC: a Mac keyboard types 'é' as e + a combining accent (NFD); it is the same class
         lf.shapes.append(Shape(label="" if label is None else unicodedata.normalize("NFC", str(label)),
-                               shape_type=str(s.get("shape_type") or "polygon"), points=points))
+                               shape_type=str(s.get("shape_type") or "polygon"), points=points,
+                               flags=flags, description=str(s.get("description") or "")))
+    lf.flags = d["flags"] if isinstance(d.get("flags"), dict) else {}
+    lf.prefill = d[PREFILL_KEY] if isinstance(d.get(PREFILL_KEY), dict) else None
     for key in ("imageWidth", "imageHeight"):
         value = d.get(key)
         if value is not None and not (isinstance(value, (int, float)) and value > 0):
@@ -111,3 +131,88 @@ def find_image(json_path: Path, image_path):
             if candidate.is_file():
                 return candidate
     return None
+
+
+# ---- `hack prefill`'s marks: writing machine boxes, merging them with a person's, reading them back ----
+
+def box_of_points(points):
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def box_iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def machine_shape(label, score, bbox) -> dict:
+    """A labelme 5.11.4 rectangle the model drew: flag `auto`, its score in `description`."""
+    x1, y1, x2, y2 = (round(float(v), 2) for v in bbox)
+    return {"label": label, "points": [[x1, y1], [x2, y2]], "group_id": None,
+            "description": f"score {score:.3f} (model: {label} at {x1}, {y1}, {x2}, {y2})",
+            "shape_type": "rectangle", "flags": {AUTO_FLAG: True}, "mask": None}
+
+
+def is_machine(shape) -> bool:
+    """A box the model drew (a person may have moved it since: see `is_untouched`)."""
+    flags = shape.flags if isinstance(shape, Shape) else (shape.get("flags") or {})
+    return flags.get(AUTO_FLAG) is True
+
+
+def is_untouched(shape) -> bool:
+    """A machine box exactly as the model drew it: same class, same corners."""
+    if isinstance(shape, dict):
+        shape = Shape(label=str(shape.get("label") or ""), shape_type=str(shape.get("shape_type") or ""),
+                      points=shape.get("points") or [], flags=shape.get("flags") or {},
+                      description=str(shape.get("description") or ""))
+    m = _MACHINE_RE.match(shape.description or "")
+    if not (is_machine(shape) and m and m.group("label") == shape.label and len(shape.points) == 2):
+        return False
+    try:
+        drawn = [float(v) for v in m.group("box").split(",")]
+    except ValueError:
+        return False
+    return len(drawn) == 4 and all(abs(a - b) < 0.01 for a, b in zip(box_of_points(shape.points), drawn))
+
+
+def is_unreviewed_prefill(lf: LabelmeFile) -> bool:
+    """Pre-filled by `hack prefill` and the `reviewed` flag not ticked yet."""
+    return lf.prefill is not None and lf.flags.get(REVIEWED_FLAG) is not True
+
+
+def new_labelme_document(image_name, width, height) -> dict:
+    """An empty labelme 5.11.4 file for the photo `image_name` beside it (labelme's own layout)."""
+    return {"version": LABELME_VERSION, "flags": {REVIEWED_FLAG: False}, "shapes": [], "imagePath": image_name,
+            "imageData": None, "imageHeight": int(height), "imageWidth": int(width)}
+
+
+def merge_machine_boxes(doc, predictions, prefill, overlap=OVERLAP_IOU):
+    """`doc` (a labelme file's JSON object) with the model's `predictions` ({"label", "score",
+    "bbox"}) added as machine boxes; returns (new doc, boxes added, boxes dropped).
+
+    Every shape a person drew or changed is kept as it was, in its place (a machine box a person
+    moved or relabelled counts as theirs). Machine boxes nobody touched, from an earlier prefill,
+    are replaced by these predictions. A prediction that overlaps a person's box of the same class
+    (IoU >= `overlap`) is dropped. The `reviewed` flag is set to false; `prefill` says which model.
+    """
+    kept = [s for s in doc.get("shapes", []) if not is_untouched(s)]
+    human = []
+    for s in kept:
+        try:
+            human.append((str(s.get("label")), box_of_points(s["points"])))
+        except (KeyError, TypeError, IndexError, ValueError):
+            continue  # a shape without points overlaps nothing
+    added, dropped = [], 0
+    for p in predictions:
+        if any(label == p["label"] and box_iou(box, p["bbox"]) >= overlap for label, box in human):
+            dropped += 1
+            continue
+        added.append(machine_shape(p["label"], p["score"], p["bbox"]))
+    out = dict(doc)
+    out["shapes"] = kept + added
+    out["flags"] = {**(doc.get("flags") if isinstance(doc.get("flags"), dict) else {}), REVIEWED_FLAG: False}
+    out[PREFILL_KEY] = prefill
+    return out, len(added), dropped

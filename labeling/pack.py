@@ -192,26 +192,33 @@ def _is_within(path, folder):
 
 
 def pack_dataset(roots, out, classes, val_fraction=0.2, seed=0, val_scene=None, max_side=None,
-                 workers=None, quality=JPEG_QUALITY, progress=True, report=None):
+                 workers=None, quality=JPEG_QUALITY, progress=True, report=None, include_unreviewed=False):
     """Check the labels below `roots`, then write train/val RecordIO, classes.txt and manifest.json
     into `out`, which appears whole or not at all (see the module docstring). Raises KitError when
-    the labels have errors (run `check_labels` to list them)."""
+    the labels have errors (run `check_labels` to list them).
+
+    Photos pre-filled by `hack prefill` and not ticked `reviewed` are left out (a model's mistakes
+    would be trained on as truth) unless `include_unreviewed`; manifest["unreviewed_left_out"] counts them."""
     out = Path(out)
     check_out_folder(roots, out)
     report = report or check_labels(roots, classes)
     if report.errors:
         raise KitError(f"{len(report.errors)} error(s) in the labels (listed above); nothing was packed. "
                        "Fix them, then pack again (`hack check` lists them too).")
-    if not report.items:
+    items = report.items if include_unreviewed else [it for it in report.items if not it.unreviewed]
+    left_out = len(report.items) - len(items)
+    if not items:
+        unreviewed = (f" ({left_out} pre-filled photo(s) are not reviewed yet: tick 'reviewed' in labelme, or "
+                      "pass --include-unreviewed)") if left_out else ""
         raise KitError("no labeled photos with boxes under " + ", ".join(display(r) for r in roots)
-                       + ". Fix: label some photos with `hack label` first.")
+                       + f"{unreviewed}. Fix: label some photos with `hack label` first.")
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     if workers < 1:
         raise KitError(f"--workers {workers}: give 1 or more (default: one per core).")
     if max_side is not None and max_side < 64:
         raise KitError(f"--max-side {max_side} is too small for detection. Fix: use 512 or more.")
-    train, val = split_items(report.items, val_fraction, seed, val_scene)
-    workers = min(workers, len(report.items))
+    train, val = split_items(items, val_fraction, seed, val_scene)
+    workers = min(workers, len(items))
     with _building(out) as build:
         with decoding_threads(workers) as executor:
             records = {name: _write_split(name, items, build, out, max_side, quality, executor, workers,
@@ -222,7 +229,8 @@ def pack_dataset(roots, out, classes, val_fraction=0.2, seed=0, val_scene=None, 
             "format": FORMAT,
             "classes": list(classes),
             "settings": {"val_fraction": None if val_scene else val_fraction, "seed": seed, "val_scene": val_scene,
-                         "max_side": max_side, "jpeg_quality": quality},
+                         "max_side": max_side, "jpeg_quality": quality, "include_unreviewed": include_unreviewed},
+            "unreviewed_left_out": left_out,
             "splits": {name: _stats(recs) for name, recs in records.items()},
             "records": records,
             "files": {f: sha256_file(build / f) for f in PACK_FILES},

@@ -24,6 +24,7 @@ from labelme_data import photo
 CLASSES = ["fish", "shark"]
 OBJECT_COLOR = (220, 30, 30)
 PHOTO_SIZE = (640, 480)
+TOOLBAR_PX = 110  # labelme's menu and tool bar, above its canvas at 1280x1024
 BOX_TOLERANCE_PX = 3.0  # one screen pixel is ~1.2 photo pixels at labelme's fitted zoom
 GRAB = ("import sys\n"
         "from PyQt5 import QtWidgets\n"
@@ -118,9 +119,11 @@ class Screen:
     def grab(self) -> np.ndarray:
         return np.asarray(Image.open(self.grab_file()).convert("RGB")).astype(np.int16)
 
-    def find_object(self):
-        """The shown object's screen box (x0, y0, x1, y1), once labelme has painted it whole."""
+    def find_object(self, top=0):
+        """The shown object's screen box (x0, y0, x1, y1), once labelme has painted it whole (below
+        screen row `top`: labelme's red Delete File icon lights up when the photo has a JSON)."""
         mask = (np.abs(self.grab() - OBJECT_COLOR).max(axis=-1) < 40)
+        mask[:top] = False
         ys, xs = np.nonzero(mask)
         if len(xs) < 400:
             return None
@@ -313,3 +316,56 @@ def test_member_share_is_all_labelme_lists(tmp_path, screen, start_labelme):
     assert [s["label"] for s in saved["shapes"]] == ["shark"]
     assert_box_on_object(saved, boxes[share[0]])  # the box is on this photo's object: it was the one shown
     assert not any((ws.photos_dir / p).with_suffix(".json").exists() for p in others)
+
+
+def test_prefilled_file_opens_with_its_boxes_and_editing_keeps_the_marks(tmp_path, screen, start_labelme):
+    from labeling.labelme_io import AUTO_FLAG, PREFILL_KEY, REVIEWED_FLAG, merge_machine_boxes, new_labelme_document
+
+    object_box = (180, 120, 420, 330)
+    machine_box = (30, 30, 150, 100)  # away from the object, on the grey background
+    ws = make_workspace(tmp_path / "ws", {"reef/IMG_0001.jpg": object_box})
+    first = ws.photos_dir / "reef" / "IMG_0001.jpg"
+    doc, _, _ = merge_machine_boxes(new_labelme_document(first.name, *PHOTO_SIZE),
+                                    [{"label": "shark", "score": 0.87, "bbox": list(machine_box)}], {"model": "run x"})
+    json_path = first.with_suffix(".json")
+    json_path.write_text(json.dumps(doc), encoding="utf-8")
+    command, _ = label.prepare_labelme(ws.photos_dir, CLASSES, ws.state_dir)
+
+    labelme = start_labelme(command)
+    wid, _ = labelme.window()
+    shown = wait_for("the photo painted whole and still", stable(lambda: screen.find_object(top=TOOLBAR_PX)),
+                     screen=screen)
+    # the machine box is drawn: its top edge, mapped from photo to screen pixels, is not the grey photo
+    scale = (shown[2] + 1 - shown[0]) / (object_box[2] + 1 - object_box[0])
+    to_screen = lambda x, y: (round(shown[0] + (x - object_box[0]) * scale), round(shown[1] + (y - object_box[1]) * scale))
+    (ex0, ey), (ex1, _) = to_screen(machine_box[0], machine_box[1]), to_screen(machine_box[2], machine_box[1])
+    grey = np.abs(screen.grab()[ey - 1:ey + 2, ex0 + 10:ex1 - 10] - 128).max(axis=-1) < 12
+    assert not grey.all(axis=0).any(), "labelme does not draw the pre-filled box"
+
+    # a person relabels the machine box (green, a shark: not the red the object is found by): select
+    # it, Ctrl+E, type the class, Enter
+    cx, cy = to_screen((machine_box[0] + machine_box[2]) / 2, (machine_box[1] + machine_box[3]) / 2)
+    screen.xdotool("windowfocus", "--sync", wid)
+    screen.click(cx, cy)
+    before = set(screen.visible_windows())
+    screen.xdotool("key", "ctrl+e")
+    wait_for("labelme's label dialog", lambda: set(screen.visible_windows()) - before, timeout=10, screen=screen)
+    time.sleep(0.3)
+    screen.xdotool("key", "ctrl+a")
+    screen.xdotool("type", "--delay", "50", "fish")
+    time.sleep(0.3)
+    screen.xdotool("key", "Return")
+    relabelled = lambda: (lambda d: d if d and d["shapes"] and d["shapes"][0]["label"] == "fish" else None)(
+        saved_json(json_path))
+    saved = wait_for("labelme's autosave of the relabelled box", relabelled, screen=screen)
+    labelme.close()
+
+    assert len(saved["shapes"]) == 1
+    s = saved["shapes"][0]
+    assert s["flags"] == {AUTO_FLAG: True}, "the relabelled machine box lost its auto flag"
+    assert s["description"] == doc["shapes"][0]["description"]
+    assert np.allclose(box_of(s), machine_box, atol=0.01)
+    assert saved["flags"] == {REVIEWED_FLAG: False} and saved[PREFILL_KEY] == {"model": "run x"}
+    assert saved["imageData"] is None
+    report = check_labels([ws.photos_dir], CLASSES)
+    assert [(it.unreviewed, it.machine, it.untouched) for it in report.items] == [(True, 1, 0)]  # touched now

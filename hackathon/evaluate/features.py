@@ -164,3 +164,27 @@ def extract_features(paths, cache_path=None, batch_size=16, progress=True, net=N
     pairs = [(p, d) for p, d in zip(kept, sums) if d not in failed]
     vectors = np.stack([cache.vectors[d] for _, d in pairs]) if pairs else np.zeros((0, DIM), np.float32)
     return Features([p for p, _ in pairs], vectors, skipped)
+
+
+def typical_order(features: Features, first=200) -> list:
+    """The photos in the order to label them when nothing is labelled yet: the most typical first,
+    then each next one the photo that best covers what the chosen ones do not (greedy facility
+    location on the cosine similarity of the backbone features), so the first few are both
+    typical of the set and different from each other. Past the `first` picks (each costs a pass over
+    the n x n similarities), the rest follow by what they would still add."""
+    v = features.vectors.astype(np.float64)
+    if not len(v):
+        return []
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    sim = np.clip(v @ v.T, 0.0, None)
+    covered = np.zeros(len(v))
+    order, left = [], list(range(len(v)))
+    while left and len(order) < first:
+        gains = np.maximum(sim[left] - covered, 0.0).sum(axis=1)
+        k = left.pop(int(np.argmax(gains)))
+        order.append(features.paths[k])
+        covered = np.maximum(covered, sim[k])
+    if left:
+        gains = np.maximum(sim[left] - covered, 0.0).sum(axis=1)
+        order += [features.paths[left[i]] for i in np.argsort(-gains, kind="stable")]
+    return order
