@@ -163,7 +163,8 @@ def accuracy(args):
     held-out photos of scene A and on the simulated other camera, with bootstrap intervals."""
     import subprocess
 
-    from hackathon.evaluate.evaluation import run_eval
+    from hackathon.evaluate.evaluation import evaluate
+    from hackathon.evaluate.report import write_report
 
     acc = WORK / "accuracy"
     split = accuracy_split(acc, args.seed)
@@ -190,8 +191,10 @@ def accuracy(args):
         wall = time.time() - t0  # training, validation and saving: the budget holds all of it
         if name == "kit":
             subprocess.run(hack + ["export", str(run), "--out", str(export)], check=True, capture_output=True, cwd=ROOT)
-        result = run_eval(split["heldout"], acc / f"eval-{name}", export=export, shift=split["proxy"],
-                          n_boot=args.bootstrap, progress=False, echo=lambda m: None)
+        ev = evaluate(split["heldout"], export=export, shift=split["proxy"], n_boot=args.bootstrap, progress=False,
+                      echo=lambda m: None)
+        write_report(ev, acc / f"eval-{name}")
+        result = ev.result
         results[name] = {"wall_s": round(wall, 1), "stdout_tail": proc.stdout.strip().splitlines()[-1:]}
         for key in ("in_scene", "shift"):
             results[name][key] = result[key]["voc07_map50"]

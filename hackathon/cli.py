@@ -503,13 +503,15 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
       hack eval --predictions a.json --data labeled-a \\
                 --shift-predictions b.json --shift photos/tank-b --out report
     """
-    from hackathon.evaluate.evaluation import run_eval, terminal_summary
+    from hackathon.evaluate.evaluation import evaluate
+    from hackathon.evaluate.report import terminal_summary, write_report
     from labeling.workspace import classes_from_option
 
-    result = run_eval(data, out, export=export, predictions=predictions, shift=shift,
-                      shift_predictions=shift_predictions, classes=classes_from_option(classes_csv, labels_file),
-                      n_boot=n_boot, seed=seed, threshold=threshold, echo=lambda m: click.secho(m, fg="yellow", err=True))
-    click.echo(terminal_summary(result))
+    ev = evaluate(data, export=export, predictions=predictions, shift=shift, shift_predictions=shift_predictions,
+                  classes=classes_from_option(classes_csv, labels_file), n_boot=n_boot, seed=seed, threshold=threshold,
+                  echo=lambda m: click.secho(m, fg="yellow", err=True))
+    write_report(ev, out)
+    click.echo(terminal_summary(ev.result))
     click.echo(f"report: {out / 'report.html'} (also report.md, metrics.json, pr_curves.png, examples.png)")
 
 

@@ -193,7 +193,8 @@ def export_step(run, out, echo=print):
 def eval_step(export, scenes, out, echo=print, progress=True):
     """7. Detections on the simulated scene (`hack predict`), and the detector scored on the
     in-scene val photos and on the simulated scene, with the gap between them (`hack eval --shift`)."""
-    from hackathon.evaluate.evaluation import run_eval, terminal_summary
+    from hackathon.evaluate.evaluation import evaluate
+    from hackathon.evaluate.report import terminal_summary, write_report
     from hackathon.deploy.predict import run_predict
 
     preds = out / "predictions"
@@ -201,9 +202,10 @@ def eval_step(export, scenes, out, echo=print, progress=True):
     echo(f"7/{STEPS} predict: {len(rows)} detections on {drawn} photos of the simulated scene -> "
          f"{preds / 'predictions.json'}, drawn in {preds / 'images'}")
     metrics = out / "eval"
-    result = run_eval(scenes["val"], metrics, export=export, shift=scenes["other"], n_boot=200,
-                      progress=progress, echo=lambda m: echo("    " + m))
-    echo("    " + terminal_summary(result).replace("\n", "\n    "))
+    ev = evaluate(scenes["val"], export=export, shift=scenes["other"], n_boot=200, progress=progress,
+                  echo=lambda m: echo("    " + m))
+    write_report(ev, metrics)
+    echo("    " + terminal_summary(ev.result).replace("\n", "\n    "))
     echo(f"    eval report: {metrics / 'report.html'}")
     return preds, metrics
 

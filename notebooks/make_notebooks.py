@@ -338,10 +338,12 @@ row.save(WORK / "side-by-side.jpg"); display(Image(filename=str(WORK / "side-by-
 sets, with 95% bootstrap intervals over the photos, the **gap** (in-scene − shifted) and the
 **retention** (shifted ÷ in-scene). With a dozen photos a side the intervals are wide: a real test
 set has a few hundred photos.""",
-    """from hackathon.evaluate.evaluation import run_eval, terminal_summary
+    """from hackathon.evaluate.evaluation import evaluate
+from hackathon.evaluate.report import terminal_summary, write_report
 
-result = run_eval(folders["val"], WORK / "eval", export=WORK / "export", shift=folders["other"],
-                  n_boot=200, progress=False)
+ev = evaluate(folders["val"], export=WORK / "export", shift=folders["other"], n_boot=200, progress=False)
+write_report(ev, WORK / "eval")
+result = ev.result
 print(terminal_summary(result))""",
     """md:**Read the intervals before the numbers.** After a minute or two of training both scores
 are small and their intervals overlap: the gap can even come out negative, which says "too few

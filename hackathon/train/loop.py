@@ -26,7 +26,7 @@ import numpy as np
 
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_json_atomic
-from hackathon.train.models import DEFAULT_MODEL, PRESET_BASES, build_net
+from hackathon.train.models import DEFAULT_MODEL, build_net
 from hackathon.train.data import DataDir, DetectionRecords, EpochBatches, TrainSamples, ValSamples, train_loader, val_loader
 from hackathon.train.rundir import RunDir, save_params, versions
 
