@@ -31,7 +31,9 @@ import json
 import sys
 import tempfile
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -43,7 +45,25 @@ from hackathon.judge.submissions import Limits, discover, open_submission
 from hackathon.core.errors import KitError, Refused
 from hackathon.core.fileutil import display
 
+if TYPE_CHECKING:
+    from hackathon.evaluate.truth import Truth
+
 DEFAULT_BOOT = 1000  # resamples: the 2.5% tails rest on 25 draws each
+
+
+@dataclass
+class Scoring:
+    """What every submission of one scoring run is scored against (passed down the helpers)."""
+    truth: "Truth"
+    truth_path: Path
+    in_truth: "Truth | None"  # the --in-scene set
+    in_path: Path | None
+    metric: str
+    n_boot: int
+    seed: int
+    timeout: float  # seconds an exported model may run
+    tmp: Path  # the run's private temp folder
+    weights: "np.ndarray | None" = None  # the bootstrap weights, made once the first team needs them (same for all)
 
 
 def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="voc07_map50", in_scene=None,
@@ -80,9 +100,9 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
         for i, sub in enumerate(subs):
             open_submission(sub, Path(tmp) / f"{i:04d}", limits or Limits())
         run = run_record(truth_path, truth, in_scene, in_truth, metric, n_boot, seed, subs)
-        ctx = {"truth": truth, "truth_path": Path(truth_path).resolve(), "in_truth": in_truth,
-               "in_path": Path(in_scene).resolve() if in_scene else None, "metric": metric,
-               "weights": None, "n_boot": n_boot, "seed": seed, "timeout": model_timeout_s, "tmp": Path(tmp)}
+        ctx = Scoring(truth=truth, truth_path=Path(truth_path).resolve(), in_truth=in_truth,
+                      in_path=Path(in_scene).resolve() if in_scene else None, metric=metric, n_boot=n_boot,
+                      seed=seed, timeout=model_timeout_s, tmp=Path(tmp))
         run_id, new, statuses = _score_run(db_path, run, subs, ctx, echo or (lambda *a: None), progress)
     notes = [t.dropped_note() for t in (truth, in_truth) if t is not None and t.dropped]
     board, paths = _write_truth_board(db_path, run["config"], out, notes)
@@ -132,9 +152,9 @@ def _score_run(db_path, run, subs, ctx, echo, progress):
                 if progress and bar.disable:
                     echo(f"scored {i + 1}/{len(subs)}: {sub.team}: unchanged since it was last scored")
                 continue
-            if ctx["weights"] is None and not sub.error:
-                ctx["weights"] = bootstrap_weights(run["n_images"], n=ctx["n_boot"], seed=ctx["seed"])
-            result = evaluate(sub, ctx, ctx["tmp"] / f"{i:04d}")
+            if ctx.weights is None and not sub.error:
+                ctx.weights = bootstrap_weights(run["n_images"], n=ctx.n_boot, seed=ctx.seed)
+            result = evaluate(sub, ctx, ctx.tmp / f"{i:04d}")
             if result["status"] != "ok":
                 with tqdm.external_write_mode(file=sys.stderr):  # a line above the bar, not through it
                     echo(f"{sub.team}: {result['status']}: {result['message']}")
@@ -154,7 +174,7 @@ def evaluate(sub, ctx, workdir):
     try:
         preds, notes = _test_predictions(sub, ctx, workdir)
         result = _scores(preds, ctx)
-        if ctx["in_truth"] is not None:
+        if ctx.in_truth is not None:
             notes += _in_scene(sub, ctx, workdir, result)
         result["message"] = " ".join(notes)
         return result
@@ -171,21 +191,21 @@ def _test_predictions(sub, ctx, workdir):
     from hackathon.judge.sandbox import run_model
 
     if sub.kind == "model":
-        path, dropped, graph = run_model(sub.path, ctx["truth_path"], workdir / "scored-test.json", ctx["timeout"])
+        path, dropped, graph = run_model(sub.path, ctx.truth_path, workdir / "scored-test.json", ctx.timeout)
         notes = [f"ran its {graph} graph."]
         notes += [f"{dropped} detections of classes not in the test set were ignored."] if dropped else []
-        return read_predictions(path, ctx["truth"]), notes
-    return read_predictions(sub.path, ctx["truth"]), []
+        return read_predictions(path, ctx.truth), notes
+    return read_predictions(sub.path, ctx.truth), []
 
 
 def _scores(preds, ctx):
     from hackathon.evaluate.metrics import match
 
-    matches = match(ctx["truth"], preds)
+    matches = match(ctx.truth, preds)
     summary = matches.summary()
-    boot = matches.score_many(ctx["metric"], ctx["weights"])  # every resample at once
+    boot = matches.score_many(ctx.metric, ctx.weights)  # every resample at once
     lo, hi = percentile_interval(boot)
-    return {"status": "ok", "score": float(summary[ctx["metric"]]), "lo": lo, "hi": hi,
+    return {"status": "ok", "score": float(summary[ctx.metric]), "lo": lo, "hi": hi,
             "coco": float(summary["coco_map"]), "summary": _plain(summary), "boot": boot}
 
 
@@ -197,12 +217,12 @@ def _in_scene(sub, ctx, workdir, result):
 
     try:
         if sub.kind == "model":
-            path, _, _ = run_model(sub.path, ctx["in_path"], workdir / "scored-in-scene.json", ctx["timeout"])
+            path, _, _ = run_model(sub.path, ctx.in_path, workdir / "scored-in-scene.json", ctx.timeout)
         elif sub.in_scene_path is not None:
             path = sub.in_scene_path
         else:
             return ["no predictions-in-scene.json, so no gap or retention."]
-        in_score = float(match(ctx["in_truth"], read_predictions(path, ctx["in_truth"])).summary()[ctx["metric"]])
+        in_score = float(match(ctx.in_truth, read_predictions(path, ctx.in_truth)).summary()[ctx.metric])
     except (KitError, Refused) as e:
         return [f"in-scene not scored: {_clean(str(e), workdir, sub)}"]
     result["in_scene"] = in_score
