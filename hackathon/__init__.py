@@ -52,6 +52,15 @@ def use_cores(environ=None):
 _OMP_FROM = use_cores()
 
 
+def share_cores(processes, environ=None):
+    """Split the kit's threads among `processes` mxnet processes started on this machine (each
+    with every core would oversubscribe them: OpenMP threads spin waiting for each other). A
+    user's setting is left alone."""
+    environ = os.environ if environ is None else environ
+    if environ.get("OMP_NUM_THREADS") == environ.get(_KIT_MARK):
+        environ["OMP_NUM_THREADS"] = environ[_KIT_MARK] = str(max(1, usable_cores() // max(1, processes)))
+
+
 def omp_threads():
     """The OpenMP threads MXNet's operators run with in this process, read from the loaded OpenMP
     library (imports mxnet); None where it cannot be read (an mxnet built without OpenMP, macOS)."""

@@ -119,3 +119,14 @@ def test_train_records_and_prints_its_threads_and_workers(data, tmp_path):
     assert cpu == {"cores": n, "omp_threads": 1, "omp_threads_from": USER_ENV,
                    "data_workers": 0, "data_workers_from": "--workers"}
     assert "1 OpenMP thread(s)" in out and "0 data worker(s) (--workers)" in out
+
+
+def test_processes_started_together_on_one_machine_share_the_kits_threads():
+    env = {}
+    use_cores(env)
+    hackathon.share_cores(2, env)  # what `python -m hackathon.launch -n 2 --launcher local` does
+    assert env["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))
+    assert use_cores(dict(env)) == KIT_DEFAULT  # each worker still reports the kit's default
+    mine = {"OMP_NUM_THREADS": "2"}
+    hackathon.share_cores(2, mine)
+    assert mine == {"OMP_NUM_THREADS": "2"}
