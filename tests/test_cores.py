@@ -69,7 +69,11 @@ def test_the_users_omp_num_threads_wins():
     assert mine["omp"] == 1 and mine["env"] == "1"
 
 
-def test_use_cores_sets_only_what_the_user_left_unset():
+def test_use_cores_sets_only_what_the_user_left_unset(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mxnet", object())  # mxnet already loaded: too late for this process
+    env = {}
+    assert use_cores(env).startswith("mxnet's default") and env["OMP_NUM_THREADS"] == str(usable_cores())
+    monkeypatch.delitem(sys.modules, "mxnet")  # as in a fresh `hack` process
     env = {}
     assert use_cores(env) == KIT_DEFAULT and env["OMP_NUM_THREADS"] == str(usable_cores())
     child = dict(env)  # a process started by a kit process inherits the kit's choice, still the kit's
@@ -121,7 +125,8 @@ def test_train_records_and_prints_its_threads_and_workers(data, tmp_path):
     assert "1 OpenMP thread(s)" in out and "0 data worker(s) (--workers)" in out
 
 
-def test_processes_started_together_on_one_machine_share_the_kits_threads():
+def test_processes_started_together_on_one_machine_share_the_kits_threads(monkeypatch):
+    monkeypatch.delitem(sys.modules, "mxnet", raising=False)
     env = {}
     use_cores(env)
     hackathon.share_cores(2, env)  # what `python -m hackathon.launch -n 2 --launcher local` does
