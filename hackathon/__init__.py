@@ -27,9 +27,10 @@ def usable_cores():
 
 
 def default_workers(cores=None):
-    """DataLoader processes for training: 1 up to 4 cores (on 2 cores a second worker only takes
-    CPU from the model's threads; bench/RESULTS.md, "train: threads and data workers"), then one
-    per 4 cores (a guess beyond what was measured: the model's threads scale less than the data)."""
+    """DataLoader processes for training: 1 up to 7 cores, then one per 4 cores. On 2 cores one
+    worker keeps the model fed and a second only takes CPU from the model's threads (bench/RESULTS.md,
+    "train: threads and data workers"); past that it is a guess: the model's threads scale less
+    well than the data's processes."""
     cores = usable_cores() if cores is None else cores
     return max(1, cores // 4)
 
