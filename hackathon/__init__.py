@@ -27,12 +27,11 @@ def usable_cores():
 
 
 def default_workers(cores=None):
-    """DataLoader processes for training: 1 up to 7 cores, then one per 4 cores. On 2 cores one
-    worker keeps the model fed and a second only takes CPU from the model's threads (bench/RESULTS.md,
-    "train: threads and data workers"); past that it is a guess: the model's threads scale less
-    well than the data's processes."""
+    """DataLoader processes for training: 2 from 2 cores on (on 2 cores 2/2 trained fastest, ahead of
+    2 threads and 1 worker and of mxnet's 1/1: bench/RESULTS.md, "train: threads and data workers"),
+    one per 4 cores from 8 (a guess beyond what was measured), 1 on a single core."""
     cores = usable_cores() if cores is None else cores
-    return max(1, cores // 4)
+    return max(min(cores, 2), cores // 4)
 
 
 def use_cores(environ=None):
