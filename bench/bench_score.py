@@ -146,9 +146,9 @@ def main():
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "score")
     args = ap.parse_args()
 
-    from hackathon import score as score_mod
-    from hackathon.score import score_submissions
-    from hackathon.truth import read_truth
+    from hackathon.judge import score as score_mod
+    from hackathon.judge.score import score_submissions
+    from hackathon.evaluate.truth import read_truth
 
     t = time.perf_counter()
     root = make_inputs(args.work, args.teams, args.images, args.classes, args.fp, args.seed)

@@ -68,8 +68,8 @@ def reference_loader(net, rec, shape, batch, workers):
 def kit_loader(net, data, shape, batch, workers, seed=0):
     import mxnet as mx
 
-    from hackathon.augment import SceneShiftAugment
-    from hackathon.data import DataDir, DetectionRecords, EpochBatches, TrainSamples, train_loader
+    from hackathon.train.augment import SceneShiftAugment
+    from hackathon.train.data import DataDir, DetectionRecords, EpochBatches, TrainSamples, train_loader
 
     d = DataDir(data)
     with mx.autograd.train_mode():
@@ -81,8 +81,8 @@ def kit_loader(net, data, shape, batch, workers, seed=0):
 
 
 def make_net(classes, shape, freeze_blocks):
-    from hackathon.models import build_ssd
-    from hackathon.train import freeze
+    from hackathon.train.models import build_ssd
+    from hackathon.train.loop import freeze
 
     net = build_ssd(classes, data_shape=shape)
     freeze(net, freeze_blocks)
@@ -189,8 +189,8 @@ def recipe(args):
     import mxnet as mx
     from labeling.workspace import read_classes
 
-    from hackathon.data import DataDir, DetectionRecords, ValSamples, val_loader
-    from hackathon.train import TrainConfig, validate
+    from hackathon.train.data import DataDir, DetectionRecords, ValSamples, val_loader
+    from hackathon.train.loop import TrainConfig, validate
 
     data = packed_data()
     classes = read_classes(data / "classes.txt")
@@ -232,7 +232,7 @@ def _train_cpu_budget(cfg, budget, start):
     budget (max_minutes, checked every step) is fed the process CPU clock instead of the wall clock."""
     import types
 
-    import hackathon.train as t
+    import hackathon.train.loop as t
 
     t.time = types.SimpleNamespace(time=lambda: cpu_seconds() - start)
     cfg.max_minutes = budget / 60

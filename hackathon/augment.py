@@ -20,7 +20,7 @@ Example
 import cv2
 import numpy as np
 
-from hackathon.weights import MEAN_RGB, STD_RGB
+from hackathon.train.weights import MEAN_RGB, STD_RGB
 
 _MEAN255 = np.array(MEAN_RGB, np.float32) * 255
 _SCALE = 1.0 / (np.array(STD_RGB, np.float32) * 255)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 
 
 class KitGroup(click.Group):
@@ -299,7 +299,7 @@ def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr,
 
     from click.core import ParameterSource
 
-    from hackathon.train import TrainConfig, train
+    from hackathon.train.loop import TrainConfig, train
 
     if resume and out:
         raise KitError("--out and --resume both given. Fix: --resume RUN continues RUN; --out starts a new run.")
@@ -330,7 +330,7 @@ def export_cmd(run, out, weights):
     Example:
       hack export run --out export
     """
-    from hackathon.export import export_run
+    from hackathon.deploy.export import export_run
 
     folder = export_run(run, out, weights=weights)
     click.echo(f"exported {run}/{weights}.params to {folder} (model-symbol.json, model-0000.params, classes.txt). "
@@ -371,7 +371,7 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
       hack eval --predictions a.json --data test-a \\
                 --shift-predictions b.json --shift test-b --out report
     """
-    from hackathon.evaluate import run_eval, terminal_summary
+    from hackathon.evaluate.evaluation import run_eval, terminal_summary
     from labeling.workspace import classes_from_option
 
     result = run_eval(data, out, export=export, predictions=predictions, shift=shift,
@@ -402,7 +402,7 @@ def predict_cmd(export, images, out, threshold, keep):
       hack predict export test-photos/ --out predictions
       hack eval --predictions predictions/predictions.json --data test-photos --out report
     """
-    from hackathon.predict import run_predict
+    from hackathon.deploy.predict import run_predict
 
     rows, failed, drawn = run_predict(export, images, out, threshold=threshold, keep=keep)
     for path, message in failed:
@@ -438,7 +438,7 @@ def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed):
       hack shift photos/tank-a organizers/sample-test --out shift-report
       # then read shift-report/shift.md; shoot more like shift-report/most-like-test.png
     """
-    from hackathon.shift import measure_shift
+    from hackathon.evaluate.shift import measure_shift
 
     result = measure_shift(train_images, test_images, out, folds=folds, permutations=permutations, clip=clip, seed=seed)
     for _, message in result.skipped:
@@ -495,8 +495,8 @@ def score_cmd(truth, submissions, out, db_path, metric, in_scene, n_boot, seed, 
       hack score --truth test-scene --submissions inbox --out board
       hack leaderboard serve --db board/leaderboard.db
     """
-    from hackathon.score import score_submissions
-    from hackathon.submissions import Limits
+    from hackathon.judge.score import score_submissions
+    from hackathon.judge.submissions import Limits
 
     limits = Limits(max_file_mb=max_file_mb, max_total_mb=2 * max_file_mb, max_members=max_members)
     res = score_submissions(truth, submissions, out, db_path=db_path, metric=metric, in_scene=in_scene,
@@ -529,7 +529,7 @@ def leaderboard_serve_cmd(db_path, port, host, refresh_s):
     Example:
       hack leaderboard serve --db board/leaderboard.db --port 8000
     """
-    from hackathon.leaderboard_serve import serve
+    from hackathon.judge.serve import serve
 
     serve(db_path, host=host, port=port, refresh_s=refresh_s, echo=click.echo)
 

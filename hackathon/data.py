@@ -2,7 +2,7 @@
 
 A record holds a JPEG and the im2rec detection label (``[4, 5, w, h]`` then ``[cls, x1, y1, x2,
 y2]`` normalized per object; labeling/pack.py). Training samples are augmented
-(:mod:`hackathon.augment`) and turned into SSD targets (GluonCV's ``SSDTargetGenerator``, ported to numpy) in
+(:mod:`hackathon.train.augment`) and turned into SSD targets (GluonCV's ``SSDTargetGenerator``, ported to numpy) in
 DataLoader worker processes, so the model's cores only run the model.
 
 Batches come from :class:`EpochBatches`: each epoch a seeded permutation, cut into shards for
@@ -23,8 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 from labeling.workspace import read_classes
 
 RECORD_FILES = ("train.rec", "train.idx", "val.rec", "val.idx", "classes.txt")
@@ -215,7 +215,7 @@ def ssd_targets(anchors, boxes, ids, iou_thresh=0.5):
     over all pairs (``bipartite_matching``); an anchor whose best object has no better anchor joins
     it (``share_max=False``); then any anchor with IoU >= iou_thresh joins its best object.
     """
-    from hackathon.augment import box_iou
+    from hackathon.train.augment import box_iou
 
     a = np.asarray(anchors, np.float32).reshape(-1, 4)
     n = len(a)
@@ -263,7 +263,7 @@ class ValSamples:
         return len(self.records)
 
     def __getitem__(self, i):
-        from hackathon.augment import normalize
+        from hackathon.train.augment import normalize
 
         img, boxes, ids = self.records.read(i)
         h, w = img.shape[:2]

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from labeling.check import check_labels
-from labeling.errors import KitError
-from labeling.fileutil import write_json_atomic
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import write_json_atomic
 from labeling.importing import import_photos
 from labeling.pack import pack_dataset
 from labeling.photos import open_upright
@@ -170,7 +170,7 @@ def other_camera(src, dst, crop=0.12, seed=0):
 
 def train_step(data, out, minutes, echo=print, progress=True):
     """5. Fine-tune the SSD (`hack train`) for at most `minutes` minutes, at 300x300."""
-    from hackathon.train import TrainConfig, train
+    from hackathon.train.loop import TrainConfig, train
 
     cfg = TrainConfig(data=str(data), out=str(out / "run"), data_shape=300, max_minutes=minutes, patience=0)
     echo(f"5/{STEPS} train: at most {minutes:g} min on the CPU (hack train --minutes for longer)")
@@ -182,7 +182,7 @@ def train_step(data, out, minutes, echo=print, progress=True):
 
 def export_step(run, out, echo=print):
     """6. The best weights as a deployable model folder (`hack export`)."""
-    from hackathon.export import export_run
+    from hackathon.deploy.export import export_run
 
     export = export_run(run, out / "export")
     echo(f"6/{STEPS} export: {export}")
@@ -192,8 +192,8 @@ def export_step(run, out, echo=print):
 def eval_step(export, scenes, out, echo=print, progress=True):
     """7. Detections on the simulated scene (`hack predict`), and the detector scored on the
     in-scene val photos and on the simulated scene, with the gap between them (`hack eval --shift`)."""
-    from hackathon.evaluate import run_eval, terminal_summary
-    from hackathon.predict import run_predict
+    from hackathon.evaluate.evaluation import run_eval, terminal_summary
+    from hackathon.deploy.predict import run_predict
 
     preds = out / "predictions"
     rows, _, drawn = run_predict(export, [scenes["other"]], preds, progress=False)
@@ -209,7 +209,7 @@ def eval_step(export, scenes, out, echo=print, progress=True):
 
 def shift_step(scenes, out, echo=print, progress=True):
     """8. How far the simulated scene is from the training photos (`hack shift`)."""
-    from hackathon.shift import measure_shift
+    from hackathon.evaluate.shift import measure_shift
 
     report = out / "shift-report"
     result = measure_shift(scenes["train"], scenes["other"], report, permutations=99, progress=progress)
@@ -233,9 +233,9 @@ def baseline_rows(truth):
 
 def score_step(export, scenes, classes, out, echo=print, progress=True):
     """9. Judging (`hack score`): the demo's model and a baseline team on the simulated scene, ranked."""
-    from hackathon.predictions import write_predictions
-    from hackathon.score import score_submissions
-    from hackathon.truth import read_truth
+    from hackathon.deploy.predictions import write_predictions
+    from hackathon.judge.score import score_submissions
+    from hackathon.evaluate.truth import read_truth
 
     inbox = out / "submissions"
     team = inbox / "demo-team"

@@ -1,6 +1,6 @@
 """`hack eval`: a detector scored on a labeled set, and the gap to a second scene when one is given.
 
-What it reports, per set: the four metrics of hackathon/metrics.py overall and per class, each
+What it reports, per set: the four metrics of hackathon/evaluate/metrics.py overall and per class, each
 with a 95% bootstrap interval over the set's images (percentile method, `n_boot` resamples of the
 images with replacement; an image drawn k times counts k times, truth and detections). With a shift
 set: the **gap** (in-scene minus shift) and the **retention** (shift / in-scene). The two sets are
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hackathon.metrics import METRICS, bootstrap_weights, match
-from labeling.errors import KitError
-from labeling.fileutil import display, write_bytes_atomic, write_json_atomic, write_text_atomic
+from hackathon.evaluate.metrics import METRICS, bootstrap_weights, match
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 SIZE_BUCKETS = (("small", 0.0, 0.1), ("medium", 0.1, 0.3), ("large", 0.3, np.inf))
 NAMES = {"voc07_map50": "VOC07 mAP@0.5", "voc_map50": "VOC mAP@0.5", "coco_map": "COCO AP@[.5:.95]",
@@ -48,8 +48,8 @@ class Scored:
 def run_eval(data, out, export=None, predictions=None, shift=None, shift_predictions=None, classes=None,
              n_boot=1000, seed=0, threshold=0.3, progress=True, echo=print):
     """Score (export | predictions) on `data` and, with `shift`, on the shift set; write the report to `out`."""
-    from hackathon.predictions import Predictions, read_predictions
-    from hackathon.truth import read_truth
+    from hackathon.deploy.predictions import Predictions, read_predictions
+    from hackathon.evaluate.truth import read_truth
 
     if (export is None) == (predictions is None):
         raise KitError("give an EXPORT folder or --predictions FILE (one of the two). Fix: e.g. "
@@ -62,7 +62,7 @@ def run_eval(data, out, export=None, predictions=None, shift=None, shift_predict
                        "and the other way round. Fix: give both or neither.")
     detector = None
     if export is not None:
-        from hackathon.predict import load_detector
+        from hackathon.deploy.predict import load_detector
 
         detector = load_detector(export)
     sets = []
@@ -231,7 +231,7 @@ def report_blocks(sets, result, threshold):
             r += [_fmt(result["gap"][m], result["gap_ci95"][m]), _fmt(result["retention"][m], result["retention_ci95"][m])]
     b += [("h2", "Metrics (95% bootstrap interval)"), ("table", (head, rows)),
           ("p", f"Intervals: {result['bootstrap']['resamples']} resamples of the images ({result['bootstrap']['interval']}). "
-                "Means over the classes that have truth; hackathon/metrics.py defines each metric.")]
+                "Means over the classes that have truth; hackathon/evaluate/metrics.py defines each metric.")]
     b += [("h2", "Per class")]
     classes = sets[0].truth.classes
     for m in ("voc07_map50", "coco_map"):
@@ -341,7 +341,7 @@ def example_sheet(sets, result, threshold, tile=320, n_worst=3, n_best=2):
     """One column per set: its worst then best images, truth in white, detections >= threshold in colour."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from hackathon.predict import draw
+    from hackathon.deploy.predict import draw
 
     font = ImageFont.load_default()
     columns = []

@@ -3,7 +3,7 @@
 EXPORT/model-symbol.json + model-0000.params (``HybridBlock.export`` of the detector in inference
 mode), classes.txt (one class a line, in id order) and export.json (input size, normalization,
 classes). Load it with ``mx.gluon.SymbolBlock.imports`` (no kit code needed) or
-``hackathon.predict.load_detector``; the judges' scorer runs it the same way. Input: float32
+``hackathon.deploy.predict.load_detector``; the judges' scorer runs it the same way. Input: float32
 (B, 3, H, W), RGB resized to H x W, /255, minus mean, over std. Outputs: class ids, scores, boxes
 (corners in input pixels), id -1 where there is no detection.
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from labeling.errors import KitError
-from labeling.fileutil import display, write_json_atomic, write_text_atomic
-from hackathon.rundir import RunDir
-from hackathon.weights import MEAN_RGB, STD_RGB
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display, write_json_atomic, write_text_atomic
+from hackathon.train.rundir import RunDir
+from hackathon.train.weights import MEAN_RGB, STD_RGB
 
 EXPORT_FORMAT = 1
 NMS_THRESH, NMS_TOPK, POST_NMS = 0.45, 400, 100
@@ -31,7 +31,7 @@ def export_run(run_path, out, weights="best"):
     """Export `run_path`'s best (or last) weights to the folder `out`; returns `out` as a Path."""
     import mxnet as mx
 
-    from hackathon.train import TrainConfig, build_net
+    from hackathon.train.loop import TrainConfig, build_net
 
     run = RunDir.open(run_path)
     config = run.read_config()

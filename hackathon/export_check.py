@@ -1,16 +1,16 @@
-"""An exported model checked as data, before anything of it runs: hackathon/submissions.py calls
+"""An exported model checked as data, before anything of it runs: hackathon/judge/submissions.py calls
 :func:`check_export` on a submission's model files (already copied into the scorer's temp folder).
 
 The symbol must be an MXNet graph with the ``data`` input, three outputs (a GluonCV SSD in
 inference mode: ids, scores, boxes) and only operators this MXNet has; the params file must start
 with MXNet's NDArray-list magic (a pickle or a torch zip is named as such); classes.txt and
 export.json must be sane (a data_shape of 32..2048 pixels a side, three-number mean/std). Even so
-the model only ever runs in a child process (hackathon/sandbox.py).
+the model only ever runs in a child process (hackathon/judge/sandbox.py).
 """
 import json
 import struct
 
-from hackathon.submissions import Refused
+from hackathon.judge.submissions import Refused
 
 MX_NDARRAY_LIST_MAGIC = 0x112  # first 8 bytes of an mx.nd.save file (kMXAPINDArrayListMagic)
 # Registered operators that call back into Python (mx.operator.CustomOp, autograd.Function).

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeling.errors import KitError
-from labeling.fileutil import atomic_path, display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import atomic_path, display
 from labeling.pack import sha256_file
 from labeling.photos import is_image_name, open_upright
 
@@ -52,7 +52,7 @@ def preprocess(image):
     """An upright RGB PIL image -> float32 (3, 224, 224), ImageNet-normalized."""
     from PIL import Image
 
-    from hackathon.weights import MEAN_RGB, STD_RGB
+    from hackathon.train.weights import MEAN_RGB, STD_RGB
 
     im = image.resize((INPUT_SIZE, INPUT_SIZE), Image.BILINEAR, reducing_gap=2.0)
     x = np.asarray(im, dtype=np.float32) / 255.0
@@ -95,7 +95,7 @@ class FeatureCache:
 
 def load_backbone(ctx=None, cache_dir=None):
     """``mobilenetv2_1.0.features`` with torchvision's weights, hybridized for inference."""
-    from hackathon.models import build_backbone
+    from hackathon.train.models import build_backbone
 
     net = build_backbone(pretrained=True, ctx=ctx, cache_dir=cache_dir).features
     net.hybridize(static_alloc=True)

@@ -9,9 +9,9 @@ threads among the workers (hackathon.share_cores).
 
 Usage (the arguments are launch.py's)::
 
-    python -m hackathon.launch -n 2 -s 1 --launcher ssh -H hosts \\
+    python -m hackathon.train.launch -n 2 -s 1 --launcher ssh -H hosts \\
         hack train data --out run --kvstore dist_sync
-    python -m hackathon.launch -n 2 -s 1 --launcher local hack train data --out run --kvstore dist_sync
+    python -m hackathon.train.launch -n 2 -s 1 --launcher local hack train data --out run --kvstore dist_sync
 """
 import os
 import runpy

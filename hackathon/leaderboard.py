@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hackathon.ranking import rank
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.judge.ranking import rank
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 60.0

@@ -15,7 +15,7 @@ import html
 import io
 from pathlib import Path
 
-from labeling.fileutil import write_text_atomic
+from hackathon.core.fileutil import write_text_atomic
 
 METRIC_NAMES = {"voc07_map50": "VOC07 mAP@0.5", "voc_map50": "VOC mAP@0.5 (area)",
                 "coco_map": "COCO AP@[.5:.95]", "coco_map50": "COCO AP50"}

@@ -2,7 +2,7 @@
 
 GluonCV ships no SSD preset on ``mobilenetv2_1.0`` and its model-zoo downloads are gone, so the
 network is composed here from ``gluoncv.model_zoo.ssd.SSD`` and the converted weights of
-:mod:`hackathon.weights`.
+:mod:`hackathon.train.weights`.
 
 Example
 -------
@@ -15,7 +15,7 @@ import warnings
 
 import mxnet as mx
 
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 
 BACKBONE = "mobilenetv2_1.0"
 # Fixed prefixes: Gluon otherwise numbers them per process (ssd0_, ssd1_, ...), and a checkpoint
@@ -43,7 +43,7 @@ def build_backbone(pretrained=True, ctx=None, cache_dir=None):
     """GluonCV's ``mobilenetv2_1.0``, with torchvision's ImageNet weights when ``pretrained``."""
     from gluoncv.model_zoo import get_model
 
-    from hackathon.weights import load_pretrained_mobilenetv2
+    from hackathon.train.weights import load_pretrained_mobilenetv2
 
     net = get_model(BACKBONE, pretrained=False, prefix=BACKBONE_PREFIX)
     if pretrained:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from labeling.errors import KitError
-from labeling.fileutil import display, write_bytes_atomic
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display, write_bytes_atomic
 
 DEFAULT_SHAPE = [512, 512]
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -206,7 +206,7 @@ def save_image(im, path):
 def run_predict(export_dir, sources, out, threshold=0.3, keep=KEEP, progress=True):
     """`hack predict`: out/predictions.json + .csv (scores >= keep) and out/images/NAME drawn (>= threshold).
     Returns (rows, failed [(path, message)], drawn image count)."""
-    from hackathon.predictions import write_predictions
+    from hackathon.deploy.predictions import write_predictions
 
     out = Path(out)
     detector = load_detector(export_dir)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeling.errors import KitError
-from labeling.fileutil import display, write_text_atomic
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display, write_text_atomic
 
 CSV_HEADER = ["image", "label", "score", "xmin", "ymin", "xmax", "ymax"]
 FIELDS = ("image", "label", "score", "bbox")

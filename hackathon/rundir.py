@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from labeling.errors import KitError
-from labeling.fileutil import atomic_path, display, write_json_atomic, write_text_atomic
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import atomic_path, display, write_json_atomic, write_text_atomic
 
 RESULT_FIELDS = ["epoch", "lr", "cls_loss", "box_loss", "val_map50", "images_per_s", "seconds"]
 

@@ -3,7 +3,7 @@
 The model is only data (a symbol graph and an NDArray file, checked by submissions.check_export
 first), but MXNet's C++ loader is not hardened against hostile bytes: a crash, a hang or a huge
 allocation there must cost one team its score, not the judges their evening. So it runs here, in
-``python -m hackathon.sandbox``, and only the predictions file it writes comes back (read and
+``python -m hackathon.judge.sandbox``, and only the predictions file it writes comes back (read and
 validated like any team's). Rows of classes the test set does not have are dropped and counted.
 """
 import json
@@ -11,12 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hackathon.submissions import Refused
+from hackathon.judge.submissions import Refused
 
 
 def run_model(export_dir, truth_path, out_json, timeout_s=1800.0, threshold=0.01):
     """Predict on every image of the truth at ``truth_path``; return (out_json, dropped rows)."""
-    cmd = [sys.executable, "-m", "hackathon.sandbox", str(export_dir), str(truth_path), str(out_json), str(threshold)]
+    cmd = [sys.executable, "-m", "hackathon.judge.sandbox", str(export_dir), str(truth_path), str(out_json), str(threshold)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
                               cwd=str(export_dir), errors="replace")
@@ -34,9 +34,9 @@ def run_model(export_dir, truth_path, out_json, timeout_s=1800.0, threshold=0.01
 
 
 def _predict(export_dir, truth_path, out_json, threshold):
-    from hackathon.predict import load_detector, predict_images
-    from hackathon.predictions import write_predictions
-    from hackathon.truth import read_truth
+    from hackathon.deploy.predict import load_detector, predict_images
+    from hackathon.deploy.predictions import write_predictions
+    from hackathon.evaluate.truth import read_truth
 
     truth = read_truth(truth_path)
     detector = load_detector(export_dir)
@@ -54,7 +54,7 @@ def _predict(export_dir, truth_path, out_json, threshold):
 
 
 def main(argv):
-    from labeling.errors import KitError
+    from hackathon.core.errors import KitError
 
     export_dir, truth_path, out_json, threshold = argv
     try:

@@ -3,15 +3,15 @@
 One run, top to bottom (:func:`score_submissions`):
 
 1. read the truth (and the in-scene truth with ``--in-scene``);
-2. open every submission into a private temp folder (hackathon/submissions.py: zip safety, size
+2. open every submission into a private temp folder (hackathon/judge/submissions.py: zip safety, size
    caps, model files checked without running them) and hash it;
-3. record the run in the SQLite history (hackathon/leaderboard.py); a submission already scored
+3. record the run in the SQLite history (hackathon/judge/history.py); a submission already scored
    under the same config is not scored again;
-4. score the rest: predictions files are read and validated (hackathon/predictions.py), exported
-   models run in a child process (hackathon/sandbox.py), then metrics.match once per team, the
+4. score the rest: predictions files are read and validated (hackathon/deploy/predictions.py), exported
+   models run in a child process (hackathon/judge/sandbox.py), then metrics.match once per team, the
    primary metric and COCO AP from its summary, and bootstrap scores on the *same* resample
-   weights for every team (so neighbours can be compared pairwise, hackathon/ranking.py);
-5. rank from the history and write leaderboard.csv/.md/.html (hackathon/leaderboard_render.py).
+   weights for every team (so neighbours can be compared pairwise, hackathon/judge/ranking.py);
+5. rank from the history and write leaderboard.csv/.md/.html (hackathon/judge/board.py).
 
 A bad submission is listed as invalid with its message; the others are still scored. A submission
 that breaks the scorer itself (a bug) is listed as ``error`` with the exception, and the
@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hackathon import leaderboard as history
-from hackathon.leaderboard_render import write_board
-from hackathon.ranking import interval
-from hackathon.submissions import Limits, Refused, discover, open_submission
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.judge import history
+from hackathon.judge.board import write_board
+from hackathon.judge.ranking import interval
+from hackathon.judge.submissions import Limits, Refused, discover, open_submission
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 
 DEFAULT_BOOT = 1000  # resamples: the 2.5% tails rest on 25 draws each
 
@@ -48,7 +48,7 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
 
     Returns {"run_id", "board", "paths", "db", "new_run"}; see the module docstring for the steps.
     """
-    from hackathon.truth import read_truth
+    from hackathon.evaluate.truth import read_truth
 
     submissions_dir, out = Path(submissions_dir), Path(out)
     db_path = Path(db_path) if db_path else out / "leaderboard.db"
@@ -74,7 +74,7 @@ def score_submissions(truth_path, submissions_dir, out, db_path=None, metric="vo
 
 
 def _check_arguments(submissions_dir, out, db_path, metric):
-    from hackathon.metrics import METRICS
+    from hackathon.evaluate.metrics import METRICS
 
     if metric not in METRICS:
         raise KitError(f"--metric {metric}: unknown. Fix: one of {', '.join(METRICS)}.")
@@ -88,7 +88,7 @@ def _check_arguments(submissions_dir, out, db_path, metric):
 
 def _score_run(db_path, run, subs, ctx, echo, progress):
     """Record the run, score what the history does not have yet, and read the ranked board back."""
-    from hackathon.metrics import bootstrap_weights
+    from hackathon.evaluate.metrics import bootstrap_weights
 
     with history.connect(db_path) as db:
         run_id, new = history.start_run(db, run)
@@ -131,8 +131,8 @@ def evaluate(sub, ctx, workdir):
 
 
 def _test_predictions(sub, ctx, workdir):
-    from hackathon.predictions import read_predictions
-    from hackathon.sandbox import run_model
+    from hackathon.deploy.predictions import read_predictions
+    from hackathon.judge.sandbox import run_model
 
     if sub.kind == "model":
         path, dropped = run_model(sub.path, ctx["truth_path"], workdir / "scored-test.json", ctx["timeout"])
@@ -142,7 +142,7 @@ def _test_predictions(sub, ctx, workdir):
 
 
 def _scores(preds, ctx):
-    from hackathon.metrics import match
+    from hackathon.evaluate.metrics import match
 
     matches = match(ctx["truth"], preds)
     summary = matches.summary()
@@ -154,9 +154,9 @@ def _scores(preds, ctx):
 
 def _in_scene(sub, ctx, workdir, result):
     """Fill in_scene/gap/retention in ``result``; problems become notes (the test score stands)."""
-    from hackathon.metrics import match
-    from hackathon.predictions import read_predictions
-    from hackathon.sandbox import run_model
+    from hackathon.evaluate.metrics import match
+    from hackathon.deploy.predictions import read_predictions
+    from hackathon.judge.sandbox import run_model
 
     try:
         if sub.kind == "model":

@@ -1,7 +1,7 @@
 """How different are two scenes, before any detector is trained: ``hack shift TRAIN TEST --out REPORT``.
 
 A team photographs objects in its own scene; the organizers test in another. On the pretrained
-backbone's pooled features of every photo (:mod:`hackathon.features`) this module measures:
+backbone's pooled features of every photo (:mod:`hackathon.evaluate.features`) this module measures:
 
 Domain classifier
     L2-regularized logistic regression telling "test scene" (1) from "train scene" (0), scored by
@@ -31,7 +31,7 @@ model's weights lie in the span of the training rows, and a rotation changes nei
 nor the predictions; it turns a 1280-d fit into one of at most n dimensions, which makes the
 permutation test affordable.
 
-:func:`measure_shift` runs it all on two folders; :mod:`hackathon.shift_report` writes the report.
+:func:`measure_shift` runs it all on two folders; :mod:`hackathon.evaluate.shift_report` writes the report.
 
 Example
 -------
@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 
 MIN_IMAGES = 4  # a side; fewer and a stratified cross-validation has nothing to hold out
 FOLDS = 5
@@ -282,12 +282,12 @@ def measure_shift(train_dir, test_dir, out, folds=FOLDS, permutations=PERMUTATIO
                   seed=0, progress=True, featurize=None):
     """Compare the photos below `train_dir` with those below `test_dir` and write the report to `out`.
 
-    `featurize(paths) -> hackathon.features.Features` replaces the backbone (tests, other
+    `featurize(paths) -> hackathon.evaluate.features.Features` replaces the backbone (tests, other
     backbones); by default vectors are cached in ``out/features-cache.npz``. Unreadable photos are
     skipped and listed in ``result.skipped``; the rest are still measured. `permutations` should
     be at least 19 (p can reach 0.05); with 0 there is no test and p is reported as 1.
     """
-    from hackathon.features import CACHE_NAME, extract_features, list_images
+    from hackathon.evaluate.features import CACHE_NAME, extract_features, list_images
 
     out = Path(out)
     train_dir, test_dir = Path(train_dir), Path(test_dir)
@@ -324,7 +324,7 @@ def measure_shift(train_dir, test_dir, out, folds=FOLDS, permutations=PERMUTATIO
     result = ShiftResult(train_dir, test_dir, kept_train, kept_test, clf["auc"], clf["p_value"], permutations,
                          clf["folds"], clf["null_aucs"], train_logits, test_logits, (a, b), kid_mean, kid_std,
                          kid_subset_size(len(X_train), len(X_test)), beta, ess, clip, feats.skipped)
-    from hackathon.shift_report import write_report
+    from hackathon.evaluate.shift_report import write_report
 
     write_report(result, out)
     return result

@@ -1,16 +1,16 @@
 """The report ``hack shift`` writes: shift.json, shift.md, two contact sheets and a ROC curve PNG.
 
 All files are written atomically into the report folder; :func:`write_report` is the entry point
-(:func:`hackathon.shift.measure_shift` calls it with its :class:`~hackathon.shift.ShiftResult`).
+(:func:`hackathon.evaluate.shift.measure_shift` calls it with its :class:`~hackathon.evaluate.shift.ShiftResult`).
 """
 import io
 from pathlib import Path
 
 import numpy as np
 
-from hackathon.shift import LEAST_LIKE, MOST_LIKE, ROC_PNG, roc_curve
-from labeling.errors import KitError
-from labeling.fileutil import display, write_bytes_atomic, write_json_atomic, write_text_atomic
+from hackathon.evaluate.shift import LEAST_LIKE, MOST_LIKE, ROC_PNG, roc_curve
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 SHEET_SIZE, THUMB, COLUMNS = 16, 200, 4  # photos a contact sheet, tile pixels, tiles a row
 
@@ -35,7 +35,7 @@ def _name(path, root):
 
 
 def report_json(r):
-    from hackathon.features import CACHE_KEY
+    from hackathon.evaluate.features import CACHE_KEY
 
     return {
         "kit_shift": 1, "verdict": r.verdict(), "train": display(r.train_dir), "test": display(r.test_dir),

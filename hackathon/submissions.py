@@ -1,7 +1,7 @@
 """The judges' inbox: one folder or .zip per team, opened without trusting a byte of it.
 
 A submission is either a predictions file (``predictions.json`` or ``predictions.csv``, the format
-of :mod:`hackathon.predictions`) or an exported model (``model-symbol.json`` + ``model-0000.params``
+of :mod:`hackathon.deploy.predictions`) or an exported model (``model-symbol.json`` + ``model-0000.params``
 + ``classes.txt`` [+ ``export.json``], as ``hack export`` writes it). Optionally beside either:
 ``predictions-in-scene.json``/``.csv``, the team's predictions on the in-scene set (``--in-scene``).
 
@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from labeling.fileutil import display
+from hackathon.core.fileutil import display
 
 PREDICTION_FILES = ("predictions.json", "predictions.csv")
 IN_SCENE_FILES = ("predictions-in-scene.json", "predictions-in-scene.csv")
@@ -144,7 +144,7 @@ def open_submission(sub, workdir, limits):
                 raise Refused(f"{name} is past the cap of {limits.max_predictions_mb:g} MB for a predictions "
                               "file; keep at most 100 boxes an image (hack predict --threshold).")
         if sub.kind == "model":
-            from hackathon.export_check import check_export
+            from hackathon.judge.model_check import check_export
 
             check_export(sub.files)
     except Refused as e:

@@ -4,7 +4,7 @@ The loop is GluonCV's SSD recipe (``train_ssd.py``): ``SSDMultiBoxLoss`` with ha
 targets made in DataLoader workers, ``split_and_load`` over the devices, a statically hybridized
 net, ``trainer.step(1)`` as the loss is already normalized by the positives of the whole batch.
 What the kit adds for an evening on a laptop: augmentation that fights a scene change
-(:mod:`hackathon.augment`), a warm-up then cosine learning rate, an optional frozen stem (the
+(:mod:`hackathon.train.augment`), a warm-up then cosine learning rate, an optional frozen stem (the
 ImageNet backbone's first blocks, whose low-level filters a few hundred photos cannot improve:
 cheaper backward, less overfitting), a time budget, validation mAP each epoch, exact resume,
 early stopping, atomic checkpoints, and a clear stop on a NaN loss.
@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 from hackathon import cpu_settings
-from hackathon.data import DataDir, DetectionRecords, EpochBatches, TrainSamples, ValSamples, train_loader, val_loader
-from hackathon.rundir import RunDir, save_params, versions
+from hackathon.train.data import DataDir, DetectionRecords, EpochBatches, TrainSamples, ValSamples, train_loader, val_loader
+from hackathon.train.rundir import RunDir, save_params, versions
 
 DEFAULT_MODEL = "ssd_mobilenetv2"
 # GluonCV presets and the ImageNet backbone each one starts from (model store names).
@@ -105,7 +105,7 @@ def contexts(cfg):
 
 def build_net(cfg, classes, ctx):
     """The detector: the kit's SSD on MobileNetV2, or a GluonCV ``*_custom`` preset."""
-    from hackathon.models import build_ssd
+    from hackathon.train.models import build_ssd
 
     if cfg.model == DEFAULT_MODEL:
         return build_ssd(classes, data_shape=cfg.data_shape, pretrained_base=cfg.pretrained, ctx=ctx)
@@ -251,7 +251,7 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True):
     with autograd.train_mode():
         _, _, anchors = net(mx.nd.zeros((1, 3, cfg.data_shape, cfg.data_shape), ctx=ctxs[0]))
     anchors = anchors.as_in_context(mx.cpu())
-    from hackathon.augment import SceneShiftAugment
+    from hackathon.train.augment import SceneShiftAugment
 
     train_rec = DetectionRecords(data.rec("train"), len(classes), decode_side=cfg.data_shape)
     val_rec = DetectionRecords(data.rec("val"), len(classes), decode_side=cfg.data_shape)

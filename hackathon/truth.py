@@ -7,7 +7,7 @@ which is how `hack predict FOLDER` names its rows. Boxes are corners in pixels o
   list. A labelme file with no shapes is an image with nothing on it (false positives on it count);
   a photo with no labelme file at all is *not* part of the truth (nobody said what is on it) and is
   listed in ``Truth.unlabeled``. A shape with the labelme flag ``difficult`` checked is a
-  "difficult" object: neither found nor missed (see hackathon/metrics.py).
+  "difficult" object: neither found nor missed (see hackathon/evaluate/metrics.py).
 - **.rec** (`hack pack`'s layout): boxes in pixels of the packed image; names from the
   ``manifest.json`` beside it, so they equal the names `hack predict` gives the labelme folder the
   set was packed from. Predictions must then be made on the packed pixels (`hack eval EXPORT
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 
 CLASS_FILES = ("classes.txt", "labels.txt")
 

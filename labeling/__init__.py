@@ -1,4 +1,4 @@
 """The data side of the kit: photos, labelme, label checks, RecordIO packing, previews."""
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 
 __all__ = ["KitError"]

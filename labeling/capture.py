@@ -29,8 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from labeling.errors import KitError
-from labeling.fileutil import atomic_path, display, write_json_atomic
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import atomic_path, display, write_json_atomic
 from labeling.importing import import_file
 from labeling.workspace import SCENE_RE, Workspace
 

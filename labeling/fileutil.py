@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from labeling.errors import KitError
-from labeling.fileutil import display, write_bytes_atomic, write_json_atomic, write_text_atomic
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display, write_bytes_atomic, write_json_atomic, write_text_atomic
 from labeling.photos import (dhash, encode_jpeg, hamming, is_image_name, keeping_freed_memory, open_upright,
                              upright_size)
 from labeling.workspace import Workspace, check_scene_name

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from labeling.errors import KitError
-from labeling.fileutil import display, write_text_atomic
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display, write_text_atomic
 from labeling.photos import is_image_name
 
 CONFIG_TEMPLATE = Path(__file__).with_name("labelme_config.yaml")

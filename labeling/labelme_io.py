@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 from labeling.photos import IMAGE_SUFFIXES
 
 

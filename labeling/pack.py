@@ -27,8 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 from labeling.check import check_labels
-from labeling.errors import KitError
-from labeling.fileutil import atomic_path, display, write_json_atomic, write_text_atomic
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import atomic_path, display, write_json_atomic, write_text_atomic
 from labeling.photos import keeping_freed_memory, upright_jpeg
 from labeling.recordio import IndexedRecordWriter, pack_record
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from labeling.errors import KitError
-from labeling.fileutil import display
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display
 
 try:  # HEIC/HEIF, the iPhone default
     import pillow_heif

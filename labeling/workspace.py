@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from labeling.errors import KitError
-from labeling.fileutil import display, file_lock, write_json_atomic, write_text_atomic
+from hackathon.core.errors import KitError
+from hackathon.core.fileutil import display, file_lock, write_json_atomic, write_text_atomic
 
 MARKER = Path(".hack") / "workspace.json"
 # labelme's own labels files start with these two pseudo-classes; they are not objects.

@@ -172,7 +172,7 @@ less overhead. We time the same forward pass both ways.""",
     """import time
 import numpy as np
 import mxnet as mx
-from hackathon.models import build_ssd
+from hackathon.train.models import build_ssd
 
 net = build_ssd(classes, data_shape=300)       # ImageNet backbone, new detection layers still random
 x = mx.nd.random.uniform(shape=(4, 3, 300, 300))
@@ -201,7 +201,7 @@ With `--gpus 0,1` (or `--cpus 2` on a laptop, to try the same code path) the kit
 *context* per device. Each batch is split across them (`split_and_load`), every device computes
 its part's gradients, and the trainer sums them before one update: the same step as one device
 with the whole batch, done in parallel.""",
-    """from hackathon.train import TrainConfig, contexts
+    """from hackathon.train.loop import TrainConfig, contexts
 
 cfg = TrainConfig(data=str(WORK / "data"), out=str(WORK / "run"), cpus=2)
 ctxs = contexts(cfg)
@@ -219,14 +219,14 @@ the step, validates, saves, and stops. It writes `results.csv`, `curves.png`, `b
 `config.yaml` into the run folder. Here: a budget of a minute or two on one context (two
 contexts on one CPU would make each step twice the batch, so half as many steps in the same time).""",
     """import shutil
-from hackathon.train import train
+from hackathon.train.loop import train
 
 shutil.rmtree(WORK / "run", ignore_errors=True)
 cfg = TrainConfig(data=str(WORK / "data"), out=str(WORK / "run"), data_shape=300,
                   max_minutes=MINUTES, patience=0)
 summary = train(cfg, progress=False)
 print(summary)""",
-    """from hackathon.rundir import RunDir
+    """from hackathon.train.rundir import RunDir
 
 for row in RunDir.open(WORK / "run").read_results():
     print(f"epoch {int(row['epoch']):>2}: class loss {row['cls_loss']:.3f}, box loss {row['box_loss']:.3f}, "
@@ -277,7 +277,7 @@ row.save(WORK / "side-by-side.jpg"); display(Image(filename=str(WORK / "side-by-
 sets, with 95% bootstrap intervals over the photos, the **gap** (in-scene − shifted) and the
 **retention** (shifted ÷ in-scene). With a dozen photos a side the intervals are wide: a real test
 set has a few hundred photos.""",
-    """from hackathon.evaluate import run_eval, terminal_summary
+    """from hackathon.evaluate.evaluation import run_eval, terminal_summary
 
 result = run_eval(folders["val"], WORK / "eval", export=WORK / "export", shift=folders["other"],
                   n_boot=200, progress=False)
@@ -298,7 +298,7 @@ photo by the pretrained backbone's features, then train a small classifier to te
 photos from the *test* photos. If it cannot (ROC-AUC near 0.5), the scenes look alike to the
 network; near 1.0, every photo's scene is obvious. The same classifier gives each of your
 photos a weight: how much it resembles the test scene.""",
-    """from hackathon.shift import measure_shift
+    """from hackathon.evaluate.shift import measure_shift
 
 shift = measure_shift(folders["train"], folders["other"], WORK / "shift-report", permutations=99, progress=False)
 print(shift.verdict())
@@ -332,8 +332,8 @@ photo, and a team whose file is broken.""",
 if not (WORK / "export" / "model-symbol.json").is_file():
     demo.export_step(WORK / "run", WORK)""",
     """import json, shutil
-from hackathon.predictions import write_predictions
-from hackathon.truth import read_truth
+from hackathon.deploy.predictions import write_predictions
+from hackathon.evaluate.truth import read_truth
 
 test = scenes / "other-camera"
 inbox = WORK / "inbox"
@@ -349,7 +349,7 @@ write_predictions(demo.baseline_rows(truth), inbox / "baseline" / "predictions.j
 bad = [{"image": truth.images[0], "label": classes[0], "score": 0.9, "bbox": [10, 10, 10, 50]}]
 (inbox / "late-night" / "predictions.json").write_text(json.dumps(bad))
 print(sorted(p.name for p in inbox.iterdir()))""",
-    """from hackathon.score import score_submissions
+    """from hackathon.judge.score import score_submissions
 
 shutil.rmtree(WORK / "board", ignore_errors=True)
 result = score_submissions(test, inbox, WORK / "board", in_scene=scenes / "val", n_boot=200)

@@ -131,8 +131,8 @@ def headless_chromium(tmp_path, *extra_args):
 
 def installed_checkpoint():
     """torchvision's MobileNetV2 checkpoint from the weights package; skips the test where it is not installed."""
-    from hackathon.weights import find_checkpoint
-    from labeling.errors import KitError
+    from hackathon.train.weights import find_checkpoint
+    from hackathon.core.errors import KitError
 
     try:
         return find_checkpoint()

@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import heic_can_encode, mean_abs_diff, headless_chromium
 from hackathon.cli import cli
 from labeling.capture import CaptureHandler, CaptureStation, announce, display_name, make_server
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 from labeling.importing import import_photos
 
 GPS_MARKERS = (b"Exif\0\0", b"GPS", b"Pixel 8", b"Google")

@@ -52,8 +52,8 @@ def probe(first, **env):
 
 
 @needs_cores
-@pytest.mark.parametrize("stage", ["hackathon.predict", "hackathon.features", "hackathon.sandbox",
-                                   "hackathon.train", "hackathon.cli"])
+@pytest.mark.parametrize("stage", ["hackathon.deploy.predict", "hackathon.evaluate.features", "hackathon.judge.sandbox",
+                                   "hackathon.train.loop", "hackathon.cli"])
 def test_each_stage_runs_mxnet_with_one_openmp_thread_per_core(stage):
     plain = probe("")  # mxnet's own default, for comparison
     kit = probe(f"import {stage}")
@@ -65,7 +65,7 @@ def test_each_stage_runs_mxnet_with_one_openmp_thread_per_core(stage):
 
 @needs_cores
 def test_the_users_omp_num_threads_wins():
-    mine = probe("import hackathon.predict", OMP_NUM_THREADS="1")
+    mine = probe("import hackathon.deploy.predict", OMP_NUM_THREADS="1")
     assert mine["omp"] == 1 and mine["env"] == "1"
 
 
@@ -129,7 +129,7 @@ def test_processes_started_together_on_one_machine_share_the_kits_threads(monkey
     monkeypatch.delitem(sys.modules, "mxnet", raising=False)
     env = {}
     use_cores(env)
-    hackathon.share_cores(2, env)  # what `python -m hackathon.launch -n 2 --launcher local` does
+    hackathon.share_cores(2, env)  # what `python -m hackathon.train.launch -n 2 --launcher local` does
     assert env["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))
     assert use_cores(dict(env)) == KIT_DEFAULT  # each worker still reports the kit's default
     mine = {"OMP_NUM_THREADS": "2"}

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 import labeling.photos as photos
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 from labeling.photos import open_upright
 
 

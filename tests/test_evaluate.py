@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hackathon.cli import cli
-from hackathon.metrics import METRICS
-from hackathon.truth import read_truth
+from hackathon.evaluate.metrics import METRICS
+from hackathon.evaluate.truth import read_truth
 from labeling.pack import pack_dataset
 from labelme_data import labeled_set
 from test_predict import make_export

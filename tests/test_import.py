@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import heic_can_encode, mean_abs_diff, run_at_once
 from hackathon.cli import cli
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 from labeling.importing import import_photos, safe_stem
 from labeling.workspace import parse_classes, read_classes
 from labelme_data import labelme_json, rect

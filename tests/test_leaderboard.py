@@ -16,9 +16,9 @@ import pytest
 
 from conftest import headless_chromium, run_at_once
 
-from hackathon import leaderboard as history
-from hackathon.leaderboard_render import to_csv, to_html, to_markdown, write_board
-from hackathon.leaderboard_serve import make_server
+from hackathon.judge import history
+from hackathon.judge.board import to_csv, to_html, to_markdown, write_board
+from hackathon.judge.serve import make_server
 
 XSS = "<img src=x onerror=alert(1)>"
 CLASSES = ["fish", "shark"]

@@ -9,9 +9,9 @@ import io
 import numpy as np
 import pytest
 
-from hackathon.metrics import METRICS, bootstrap_weights, match
-from hackathon.predictions import Predictions
-from hackathon.truth import Truth
+from hackathon.evaluate.metrics import METRICS, bootstrap_weights, match
+from hackathon.deploy.predictions import Predictions
+from hackathon.evaluate.truth import Truth
 
 CLASSES = ["fish", "shark", "ray", "crab"]  # "crab" is never in the truth
 
@@ -273,7 +273,7 @@ def test_bootstrap_weights_shape_and_seed():
 def test_real_aquarium_labels_against_both_references(shared_dir):
     """The 200 labeled aquarium photos (1,362 boxes, 7 classes) with jittered, re-scored, partly
     dropped and duplicated detections: pycocotools and GluonCV agree with the kit."""
-    from hackathon.truth import read_truth
+    from hackathon.evaluate.truth import read_truth
 
     truth = read_truth(shared_dir / "data" / "aquarium-scene-a")
     rng = np.random.RandomState(0)

@@ -1,4 +1,4 @@
-"""hackathon.models.build_ssd: an SSD on MobileNetV2 whose outputs fit SSDMultiBoxLoss in training and give
+"""hackathon.train.models.build_ssd: an SSD on MobileNetV2 whose outputs fit SSDMultiBoxLoss in training and give
 detections after hybridize(), whose anchors cover the whole input, whose backbone is torchvision's
 weights, and whose checkpoints load into a net built later in the same process."""
 import mxnet as mx
@@ -8,8 +8,8 @@ import pytest
 from conftest import installed_checkpoint
 from mxnet import autograd
 
-from hackathon.models import build_ssd
-from hackathon.weights import KitError, mobilenetv2_params
+from hackathon.train.models import build_ssd
+from hackathon.train.weights import KitError, mobilenetv2_params
 
 CLASSES = ["fish", "shark", "jellyfish"]
 # Anchors per input: feature maps 32,16,8,4,2,1 (512) and 19,10,5,3,2,1 (300), 4 or 6 anchors a cell.

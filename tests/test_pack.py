@@ -17,7 +17,7 @@ from gluoncv.data import RecordFileDetection
 
 from hackathon.cli import cli
 from labeling.check import check_labels
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 from labeling.pack import pack_dataset, split_items
 from labeling.workspace import read_classes
 from labelme_data import labeled_set, labelme_json, photo, rect

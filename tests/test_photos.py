@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from conftest import heic_can_encode, mean_abs_diff, picture
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 from labeling.photos import open_upright, to_rgb, upright_size
 
 RED, GREEN, GREY = (255, 0, 0), (0, 255, 0), (128, 128, 128)

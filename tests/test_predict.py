@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hackathon.cli import cli
-from hackathon.predict import Detector, collect_images, draw, load_detector, predict_images
-from hackathon.predictions import read_predictions
-from hackathon.truth import read_truth
-from labeling.errors import KitError
+from hackathon.deploy.predict import Detector, collect_images, draw, load_detector, predict_images
+from hackathon.deploy.predictions import read_predictions
+from hackathon.evaluate.truth import read_truth
+from hackathon.core.errors import KitError
 from labelme_data import labeled_set
 
 CLASSES = ["fish", "shark"]
@@ -21,7 +21,7 @@ CLASSES = ["fish", "shark"]
 
 def make_export(out, classes=CLASSES, shape=300):
     """A tiny export as `hack export` writes it, without training (the contracts' recipe)."""
-    from hackathon.models import build_ssd
+    from hackathon.train.models import build_ssd
 
     out.mkdir(parents=True, exist_ok=True)
     net = build_ssd(classes, shape, pretrained_base=False)

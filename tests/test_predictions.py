@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from hackathon.predictions import Predictions, read_predictions, write_predictions
-from hackathon.truth import Truth
-from labeling.errors import KitError
+from hackathon.deploy.predictions import Predictions, read_predictions, write_predictions
+from hackathon.evaluate.truth import Truth
+from hackathon.core.errors import KitError
 
 TRUTH = Truth(["fish", "shark"], ["a/1.jpg", "a/2.jpg", "b/3.jpg"], {}, {}, {n: (100, 80) for n in ["a/1.jpg", "a/2.jpg", "b/3.jpg"]},
               {}, unlabeled=["b/unlabeled.jpg"], source="test-set")

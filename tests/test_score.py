@@ -16,9 +16,9 @@ from click.testing import CliRunner
 
 from conftest import run_at_once
 from hackathon.cli import cli
-from hackathon.ranking import interval, paired_tie, rank
-from hackathon.score import score_submissions
-from hackathon.submissions import Limits, Submission, discover, open_submission
+from hackathon.judge.ranking import interval, paired_tie, rank
+from hackathon.judge.score import score_submissions
+from hackathon.judge.submissions import Limits, Submission, discover, open_submission
 from labelme_data import labeled_set
 
 CLASSES = ("fish", "shark")
@@ -392,7 +392,7 @@ def tiny_export(tmp_path_factory):
     """A real `net.export` of the kit's SSD (random weights, 300x300: fast), as hack export writes it."""
     import mxnet as mx
 
-    from hackathon.models import build_ssd
+    from hackathon.train.models import build_ssd
 
     folder = tmp_path_factory.mktemp("export")
     net = build_ssd(list(CLASSES), data_shape=300, pretrained_base=False)
@@ -407,10 +407,10 @@ def tiny_export(tmp_path_factory):
 
 
 def test_exported_model_is_run_and_scored_and_a_broken_one_is_invalid(tmp_path, tiny_export):
-    from hackathon.metrics import match
-    from hackathon.predict import load_detector, predict_images
-    from hackathon.predictions import Predictions
-    from hackathon.truth import read_truth
+    from hackathon.evaluate.metrics import match
+    from hackathon.deploy.predict import load_detector, predict_images
+    from hackathon.deploy.predictions import Predictions
+    from hackathon.evaluate.truth import read_truth
 
     truth = make_truth(tmp_path / "test", n=3)
     inbox = tmp_path / "inbox"
@@ -457,7 +457,7 @@ def test_a_model_past_its_time_limit_costs_only_its_team(tmp_path, tiny_export):
 
 
 def test_judges_mistakes_are_one_clear_error(tmp_path):
-    from labeling.errors import KitError
+    from hackathon.core.errors import KitError
 
     truth = make_truth(tmp_path / "test")
     inbox = tmp_path / "inbox"

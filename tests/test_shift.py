@@ -10,12 +10,12 @@ from conftest import installed_checkpoint
 from click.testing import CliRunner
 from PIL import Image
 
-from hackathon import shift
+from hackathon.evaluate import shift
 from hackathon.cli import cli
-from hackathon.features import CACHE_NAME, extract_features, list_images, load_backbone
-from hackathon.shift import (classifier_inputs, domain_classifier, fit_logistic, importance_weights, kid,
+from hackathon.evaluate.features import CACHE_NAME, extract_features, list_images, load_backbone
+from hackathon.evaluate.shift import (classifier_inputs, domain_classifier, fit_logistic, importance_weights, kid,
                              measure_shift, out_of_fold_logits, roc_auc, roc_curve, stratified_folds)
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 
 # ---- statistics on arrays ----
 
@@ -135,7 +135,7 @@ BLUE, RED = (40, 90, 220), (220, 60, 40)
 @pytest.fixture(scope="module")
 def mxnet_home(tmp_path_factory):
     """An $MXNET_HOME holding the converted backbone (the test skips without the weights package)."""
-    from hackathon.weights import mobilenetv2_params
+    from hackathon.train.weights import mobilenetv2_params
 
     installed_checkpoint()
     home = tmp_path_factory.mktemp("mxnet-home")
@@ -231,7 +231,7 @@ def test_cached_features_skip_the_network(scenes, featurize):
 
 
 def fake_features(paths):  # mean colour: the statistics without the network
-    from hackathon.features import Features
+    from hackathon.evaluate.features import Features
 
     vectors = np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32).mean(axis=(0, 1)) for p in paths])
     return Features(list(paths), vectors)
@@ -280,7 +280,7 @@ def test_a_report_inside_the_train_folder_is_not_read_back_as_photos(scenes, tmp
 
 
 def test_calibration_undoes_shrinkage_and_gives_prior_odds_without_signal():
-    from hackathon.shift import calibrate
+    from hackathon.evaluate.shift import calibrate
 
     rng = np.random.default_rng(0)
     true = rng.normal(0, 2, 5000)

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hackathon.cli import cli
-from labeling.errors import KitError
+from hackathon.core.errors import KitError
 from labeling.pack import pack_dataset
 from labeling.show import PALETTE, show_grid
 from labelme_data import labelme_json, photo, rect

@@ -133,7 +133,7 @@ def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(data, tmp_pat
 def test_dist_sync_parameter_server_two_workers_end_with_identical_weights(data, tmp_path, have_weights):
     run = tmp_path / "dist"
     # mxnet's tools/launch.py through the kit's Python 3.11 shim; scheduler, server, workers on loopback
-    cmd = [sys.executable, "-m", "hackathon.launch", "-n", "2", "-s", "1", "--launcher", "local",
+    cmd = [sys.executable, "-m", "hackathon.train.launch", "-n", "2", "-s", "1", "--launcher", "local",
            " ".join(HACK + ["train", str(data), "--out", str(run), "--kvstore", "dist_sync", "--batch-size", "2",
                             "--epochs", "2", "--workers", "0", "--patience", "0"])]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -149,7 +149,7 @@ def test_dist_sync_parameter_server_two_workers_end_with_identical_weights(data,
 
 
 def test_nan_loss_stops_with_the_batch_and_keeps_the_last_good_checkpoint(data, tmp_path, have_weights):
-    from hackathon.train import NaNLoss, TrainConfig, train
+    from hackathon.train.loop import NaNLoss, TrainConfig, train
 
     run = tmp_path / "run"
     cfg = TrainConfig(data=str(data), out=str(run), epochs=1, batch_size=2, workers=0, patience=0)
@@ -201,7 +201,7 @@ def test_bad_data_and_a_resume_with_other_classes_are_refused(data, tmp_path, ha
 
 
 def test_a_failed_save_never_leaves_a_truncated_checkpoint(tmp_path):
-    from hackathon.rundir import save_params
+    from hackathon.train.rundir import save_params
 
     class DiskFull:
         def save_parameters(self, path):
@@ -231,7 +231,7 @@ def test_a_gluoncv_preset_trains_from_scratch_and_exports(data, tmp_path):
 
 
 def test_early_stopping_after_patience_epochs_without_a_better_map(data, tmp_path, monkeypatch, have_weights):
-    import hackathon.train as t
+    import hackathon.train.loop as t
 
     scores = iter([0.10, 0.20, 0.15, 0.19, 0.30, 0.40])  # validation mAP per epoch, scripted
     monkeypatch.setattr(t, "validate", lambda *a, **k: next(scores))

@@ -4,9 +4,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from hackathon.augment import SceneShiftAugment, normalize
-from hackathon.data import EpochBatches, ssd_targets
-from hackathon.models import build_ssd
+from hackathon.train.augment import SceneShiftAugment, normalize
+from hackathon.train.data import EpochBatches, ssd_targets
+from hackathon.train.models import build_ssd
 
 
 @pytest.fixture(scope="module")

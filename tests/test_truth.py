@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from hackathon.truth import Truth, read_truth
-from labeling.errors import KitError
+from hackathon.evaluate.truth import Truth, read_truth
+from hackathon.core.errors import KitError
 from labeling.pack import pack_dataset
 from labelme_data import labeled_set, labelme_json, photo, rect
 

@@ -1,4 +1,4 @@
-"""hackathon.weights: torch checkpoints read without torch, nothing but tensors unpickled, the file's hash
+"""hackathon.train.weights: torch checkpoints read without torch, nothing but tensors unpickled, the file's hash
 checked, the conversion cached and written atomically, and the converted MobileNetV2 that names real
 aquarium photos the way ImageNet would."""
 import collections
@@ -17,8 +17,8 @@ import pytest
 from conftest import installed_checkpoint
 from PIL import Image
 
-from hackathon import weights
-from hackathon.weights import (CHECKPOINT_SHA256, MEAN_RGB, STD_RGB, KitError, SafeUnpickler, find_checkpoint,
+from hackathon.train import weights
+from hackathon.train.weights import (CHECKPOINT_SHA256, MEAN_RGB, STD_RGB, KitError, SafeUnpickler, find_checkpoint,
                                mobilenetv2_params, read_torch_checkpoint)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "labeling" / "sample" / "aquarium-a"
