@@ -274,7 +274,8 @@ def show_cmd(rec, out, count, seed):
               help="Keep the backbone stem and this many first blocks at ImageNet values (0: train all).")
 @click.option("--patience", default=10, show_default=True, type=int, help="Stop after this many epochs without a better val mAP (0: never).")
 @click.option("--max-minutes", default=0.0, type=float, help="Time budget: stop, validate and save after this many minutes.")
-@click.option("--workers", default=1, show_default=True, type=int, help="Data loader processes.")
+@click.option("--workers", type=int, help="Data loader processes (default: chosen for the cores, "
+              "2 on 2 cores; recorded in config.yaml). OMP_NUM_THREADS sets the model's threads.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.pass_context
 def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr, optimizer, gpus, cpus, kvstore, amp,

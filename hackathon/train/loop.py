@@ -24,6 +24,7 @@ import numpy as np
 
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display
+from hackathon import cpu_settings
 from hackathon.train.data import DataDir, DetectionRecords, EpochBatches, TrainSamples, ValSamples, train_loader, val_loader
 from hackathon.train.rundir import RunDir, save_params, versions
 
@@ -57,7 +58,7 @@ class TrainConfig:
     amp: bool = False              # mixed precision (GPU only)
     pretrained: bool = True        # ImageNet backbone (False: from scratch)
     seed: int = 0
-    workers: int = 1               # DataLoader processes making augmented samples and targets
+    workers: int = None            # DataLoader processes making samples and targets (None: hackathon.default_workers)
     expand: float = 3.0            # largest zoom-out of the augmentation
     color: bool = True             # colour/light augmentation against a scene change
 
@@ -68,7 +69,7 @@ def check_config(cfg):
              ("--batch-size", cfg.batch_size, cfg.batch_size >= 1, "1 or more images per device"),
              ("--lr", cfg.lr, cfg.lr > 0, "a positive rate such as 0.001"),  # too high: the NaN stop says so
              ("--cpus", cfg.cpus, cfg.cpus >= 0, "0 (one context) or a count of CPU contexts"),
-             ("--workers", cfg.workers, cfg.workers >= 0, "0 (in the training process) or more processes"),
+             ("--workers", cfg.workers, cfg.workers is None or cfg.workers >= 0, "0 (in this process) or more processes"),
              ("--patience", cfg.patience, cfg.patience >= 0, "0 (never stop early) or more epochs"),
              ("--max-minutes", cfg.max_minutes, cfg.max_minutes >= 0, "0 (no budget) or more minutes"),
              ("--freeze-blocks", cfg.freeze_blocks, 0 <= cfg.freeze_blocks <= 17, "0 to 17 (MobileNetV2 has 17 blocks)"),
@@ -228,6 +229,7 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True):
 
     cfg, run, state = resolve(cfg, resume_run, overrides)
     check_config(cfg)
+    cpu = cpu_settings(cfg.workers)
     kv, rank, num_workers = _kvstore(cfg)
     data = DataDir(cfg.data)
     classes = data.classes
@@ -273,13 +275,15 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True):
     if rank == 0:
         run.write_config({"train": asdict(cfg), "classes": list(classes), "versions": versions(),
                           "devices": [str(c) for c in ctxs], "machines": num_workers, "frozen_params": frozen,
-                          "train_images": len(train_rec), "val_images": len(val_rec)})
+                          "train_images": len(train_rec), "val_images": len(val_rec), "cpu": cpu})
     loss_fn = SSDMultiBoxLoss()
     state = state or {"epochs_done": 0, "best_map50": -1.0, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0}
     results = run.read_results()[:state["epochs_done"]] if rank == 0 else []
     echo(f"training {cfg.model} {cfg.data_shape}x{cfg.data_shape} on {len(train_rec)} photos "
          f"({len(val_rec)} val), {len(classes)} classes, devices {', '.join(map(str, ctxs))}"
          + (f", machine {rank + 1}/{num_workers}" if num_workers > 1 else "")
+         + f"; {cpu['omp_threads']} OpenMP thread(s) on {cpu['cores']} core(s) ({cpu['omp_threads_from']}), "
+           f"{cpu['data_workers']} data worker(s) ({cpu['data_workers_from']})"
          + (f"; resuming after epoch {state['epochs_done']}" if state["epochs_done"] else "") + f" -> {run.path}")
     stop_reason = None
     for epoch in range(state["epochs_done"], cfg.epochs):
