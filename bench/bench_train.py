@@ -1,11 +1,12 @@
 """hack train against GluonCV's reference SSD pipeline: speed (images/s) and accuracy (same budget).
 
-speed: the kit's loop (its augmentation and GluonCV's target generator in 1 worker, frozen stem
+speed: the kit's loop (its augmentation and numpy SSD targets in hack train's data workers, frozen stem
        by default) against the loop of GluonCV's fine-tuning tutorial / train_ssd.py
        (RecordFileDetection, SSDDefaultTrainTransform in DataLoader workers, split_and_load, static
        hybridize, trainer.step(1)) and against the model-only ceiling (forward + backward + update
        on one batch already in memory), on the same data, model, input size, batch and cores.
        The three alternate for --rounds rounds; each round times --steps steps after 2 warm-up steps.
+       All in one process, so with the same OpenMP threads (the kit's, or OMP_NUM_THREADS if set).
 accuracy: each recipe gets the same wall-clock budget, one after the other (run it on a quiet
        machine): the kit's README command (`hack pack` defaults, `hack train data --out run
        --max-minutes M`, `hack export`) against GluonCV's fine-tuning tutorial recipe, both on the
@@ -28,6 +29,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Before any mxnet import: the kit's thread settings (OMP_NUM_THREADS from the usable cores, unless
+# set) for every pipeline here, the model-only ceiling included, and for the _recipe children.
+import hackathon.core.cores  # noqa: E402  (the kit's threads before mxnet loads)
 SHARED = ROOT.parent / "shared" / "data" / "aquarium-scene-a"
 WORK = ROOT / "bench" / "work" / "train"
 
@@ -150,7 +154,7 @@ def speed(args):
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} img/s" for k, v in results.items()), flush=True)
     med = {k: float(np.median(v)) for k, v in results.items()}
     print(json.dumps({"data_shape": shape, "batch": batch, "rounds": args.rounds, "steps": args.steps,
-                      "median_img_per_s": med}, indent=1))
+                      "threads": hackathon.core.cores.cpu_settings(args.kit_workers), "median_img_per_s": med}, indent=1))
     print(f"kit / ceiling (frozen stem): {med['kit'] / med['ceiling']:.3f}")
     print(f"kit_unfrozen / ceiling_unfrozen: {med['kit_unfrozen'] / med['ceiling_unfrozen']:.3f}")
     print(f"reference / ceiling_unfrozen: {med['reference'] / med['ceiling_unfrozen']:.3f}")
@@ -285,7 +289,7 @@ def main():
     s.add_argument("--rounds", type=int, default=3)
     s.add_argument("--steps", type=int, default=6)
     s.add_argument("--freeze-blocks", type=int, default=3)
-    s.add_argument("--kit-workers", type=int, default=1)
+    s.add_argument("--kit-workers", type=int, default=None, help="default: the kit's (hack train's) for these cores")
     s.add_argument("--ref-workers", type=int, default=2)
     a = sub.add_parser("accuracy")
     a.add_argument("--minutes", type=float, default=30, help="wall-clock budget of each recipe")

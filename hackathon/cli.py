@@ -374,7 +374,8 @@ def show_cmd(rec, out, count, seed):
               help="Time budget for the whole command, the last validation and saves included: the learning rate "
                    "anneals to its end, and only whole epochs are trained (one cut short if the budget cannot "
                    "finish the first).")
-@click.option("--workers", default=1, show_default=True, type=int, help="Data loader processes.")
+@click.option("--workers", type=int, help="Data loader processes (default: chosen for the cores, "
+              "2 on 2 cores; recorded in config.yaml). OMP_NUM_THREADS sets the model's threads.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.pass_context
 def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr, optimizer, gpus, cpus, kvstore, amp,

@@ -66,6 +66,18 @@ def check_gpus():
     return "ok", "gpus", "none (training runs on the CPU; --cpus N for several CPU contexts)"
 
 
+def check_threads():
+    """The OpenMP threads MXNet really runs with here (read from the loaded libgomp), and the data workers."""
+    from hackathon.core.cores import cpu_settings
+
+    cpu = cpu_settings()
+    line = (f"{cpu['omp_threads']} OpenMP thread(s) on {cpu['cores']} usable core(s) ({cpu['omp_threads_from']}); "
+            f"hack train: {cpu['data_workers']} data worker(s) ({cpu['data_workers_from']})")
+    if isinstance(cpu["omp_threads"], int) and cpu["omp_threads"] < cpu["cores"]:
+        return "warn", "threads", line + f". Fix: unset OMP_NUM_THREADS (or set it to {cpu['cores']}) to use every core"
+    return "ok", "threads", line
+
+
 def check_opencv_qt():
     from labeling.label import qt_conflict
 
@@ -104,7 +116,7 @@ def run_checks():
               lambda: check_import("mxnet", "mxnet", "pip install mxnet==1.9.1 numpy==1.23.5"),
               lambda: check_import("gluoncv", "gluoncv", "pip install gluoncv==0.10.5.post0 (and no torch >= 2)"),
               lambda: check_import("pillow_heif", "pillow-heif", "pip install pillow-heif (HEIC photos from iPhones)"),
-              check_gpus, check_opencv_qt, check_labelme_starts, check_screen]
+              check_gpus, check_threads, check_opencv_qt, check_labelme_starts, check_screen]
     results = []
     for check in checks:
         try:

@@ -279,17 +279,26 @@ class ValSamples:
         return x, np.hstack([boxes, ids[:, None].astype(np.float32)]).astype(np.float32)
 
 
-def train_loader(samples, batches, workers):
+def train_loader(samples, batches, workers=None):
+    """Batches of (image, class targets, box targets); `workers` None: the kit's default for this machine."""
     from gluoncv.data.batchify import Stack, Tuple
     from mxnet import gluon
+
+    from hackathon.core.cores import default_workers
+
+    workers = default_workers() if workers is None else workers
 
     return gluon.data.DataLoader(samples, batch_sampler=batches, batchify_fn=Tuple(Stack(), Stack(), Stack()),
                                  num_workers=workers, thread_pool=False, prefetch=2 * max(workers, 1))
 
 
-def val_loader(samples, batch_size, workers):
+def val_loader(samples, batch_size, workers=None):
     from gluoncv.data.batchify import Pad, Stack, Tuple
     from mxnet import gluon
+
+    from hackathon.core.cores import default_workers
+
+    workers = default_workers() if workers is None else workers
 
     return gluon.data.DataLoader(samples, batch_size=batch_size, shuffle=False, last_batch="keep",
                                  batchify_fn=Tuple(Stack(), Pad(pad_val=-1)), num_workers=workers,

@@ -27,6 +27,7 @@ import numpy as np
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display, write_json_atomic
 from hackathon.train.models import DEFAULT_MODEL, build_net
+from hackathon.core.cores import cpu_settings
 from hackathon.train.data import DataDir, DetectionRecords, EpochBatches, TrainSamples, ValSamples, train_loader, val_loader
 from hackathon.train.rundir import RunDir, save_params, versions
 
@@ -57,7 +58,7 @@ class TrainConfig:
     amp: bool = False              # mixed precision (GPU only)
     pretrained: bool = True        # ImageNet backbone (False: from scratch)
     seed: int = 0
-    workers: int = 1               # DataLoader processes making augmented samples and targets
+    workers: int = None            # DataLoader processes making samples and targets (None: hackathon.core.cores.default_workers)
     expand: float = 3.0            # largest zoom-out of the augmentation
     color: bool = True             # colour/light augmentation against a scene change
 
@@ -77,7 +78,7 @@ def check_config(cfg):
              ("--batch-size", cfg.batch_size, cfg.batch_size >= 1, "1 or more images per device"),
              ("--lr", cfg.lr, cfg.lr > 0, "a positive rate such as 0.001"),  # too high: the NaN stop says so
              ("--cpus", cfg.cpus, cfg.cpus >= 0, "0 (one context) or a count of CPU contexts"),
-             ("--workers", cfg.workers, cfg.workers >= 0, "0 (in the training process) or more processes"),
+             ("--workers", cfg.workers, cfg.workers is None or cfg.workers >= 0, "0 (in this process) or more processes"),
              ("--patience", cfg.patience, cfg.patience >= 0, "0 (never stop early) or more epochs"),
              ("--max-minutes", cfg.max_minutes, math.isfinite(cfg.max_minutes) and cfg.max_minutes >= 0,
               "0 (no budget) or more minutes"),
@@ -243,6 +244,7 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True, start
     check_config(cfg)
     clock = Budget(cfg, budget_used(state), started)
     _check_more_to_do(cfg, state, clock, run)
+    cpu = cpu_settings(cfg.workers)
     kv, rank, num_workers = _kvstore(cfg)
     data = DataDir(cfg.data)
     classes = data.classes
@@ -289,7 +291,7 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True, start
     if rank == 0:
         run.write_config({"train": asdict(cfg), "classes": list(classes), "versions": versions(),
                           "devices": [str(c) for c in ctxs], "machines": num_workers, "frozen_params": frozen,
-                          "train_images": len(train_rec), "val_images": len(val_rec)})
+                          "train_images": len(train_rec), "val_images": len(val_rec), "cpu": cpu})
     loss_fn = SSDMultiBoxLoss()
     state = state or {"epochs_done": 0, "best_map50": -1.0, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0}
     for old in ("stopped_by", "stopped"):  # the last command's; this one's are written when it ends
@@ -298,6 +300,8 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True, start
     echo(f"training {cfg.model} {cfg.data_shape}x{cfg.data_shape} on {len(train_rec)} photos "
          f"({len(val_rec)} val), {len(classes)} classes, devices {', '.join(map(str, ctxs))}"
          + (f", machine {rank + 1}/{num_workers}" if num_workers > 1 else "")
+         + f"; {cpu['omp_threads']} OpenMP thread(s) on {cpu['cores']} core(s) ({cpu['omp_threads_from']}), "
+           f"{cpu['data_workers']} data worker(s) ({cpu['data_workers_from']})"
          + (f"; resuming after epoch {state['epochs_done']}" if state["epochs_done"] else "") + f" -> {run.path}")
     for line in _limits_lines(cfg, changes, clock):
         echo(line)
