@@ -236,8 +236,6 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True, start
 
     `started` (a time.time()) is when the command began: the time budget counts from it."""
     started = time.time() if started is None else started
-    import mxnet as mx
-    from mxnet import autograd, gluon
     from gluoncv.loss import SSDMultiBoxLoss
 
     cfg, run, state, changes = resolve(cfg, resume_run, overrides)
@@ -254,40 +252,10 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True, start
     elif run is None:
         run = RunDir(cfg.out)
     _seed(cfg.seed)
-    if cfg.amp:
-        from mxnet.contrib import amp
-
-        amp.init()
-    net = build_net(cfg, classes, ctxs[0])
-    net.collect_params().reset_ctx(ctxs)
-    frozen = freeze(net, cfg.freeze_blocks if cfg.model == DEFAULT_MODEL else 0)
     resumed = bool(state and state["epochs_done"])  # a run cut inside its first epoch starts it anew
-    if resumed:
-        net.load_parameters(str(run.last), ctx=ctxs)
-    with autograd.train_mode():
-        _, _, anchors = net(mx.nd.zeros((1, 3, cfg.data_shape, cfg.data_shape), ctx=ctxs[0]))
-    anchors = anchors.as_in_context(mx.cpu())
-    from hackathon.train.augment import SceneShiftAugment
-
-    train_rec = DetectionRecords(data.rec("train"), len(classes), decode_side=cfg.data_shape)
-    val_rec = DetectionRecords(data.rec("val"), len(classes), decode_side=cfg.data_shape)
-    augment = SceneShiftAugment(cfg.data_shape, max_expand=cfg.expand, color=cfg.color)
-    batches = EpochBatches(len(train_rec), cfg.batch_size * len(ctxs), seed=cfg.seed, num_parts=num_workers,
-                           part_index=rank)
-    loader = train_loader(TrainSamples(train_rec, augment, anchors, seed=cfg.seed), batches, cfg.workers)
-    vloader = val_loader(ValSamples(val_rec, cfg.data_shape), cfg.batch_size * len(ctxs), cfg.workers)
-    for name, p in net.collect_params().items():
-        if not name.startswith("mobilenetv2_"):
-            p.lr_mult = cfg.head_lr_mult
-    opt = {"learning_rate": cfg.lr, "wd": cfg.wd}
-    if cfg.optimizer == "sgd":
-        opt["momentum"] = cfg.momentum
-    trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, opt, kvstore=kv or cfg.kvstore,
-                            update_on_kvstore=False if (cfg.amp or kv is not None) else None)
-    if resumed:
-        trainer.load_states(str(run.last_states))
-    if cfg.amp:
-        amp.init_trainer(trainer)  # after load_states, which replaces the optimizer this wraps
+    net, frozen, anchors = _network(cfg, classes, ctxs, run.last if resumed else None)
+    train_rec, val_rec, batches, loader, vloader = _data(cfg, data, anchors, len(ctxs), rank, num_workers)
+    trainer = _trainer(cfg, net, kv, run.last_states if resumed else None)
     if rank == 0:
         run.write_config({"train": asdict(cfg), "classes": list(classes), "versions": versions(),
                           "devices": [str(c) for c in ctxs], "machines": num_workers, "frozen_params": frozen,
@@ -316,6 +284,60 @@ def train(cfg, resume_run=None, overrides=None, echo=print, progress=True, start
     return {"run": run.path, "best_map50": state["best_map50"], "best_epoch": state["best_epoch"],
             "epochs_done": state["epochs_done"], "stopped_by": stopped_by, "stopped": reason,
             "minutes": clock.used() / 60}
+
+
+def _network(cfg, classes, ctxs, weights=None):
+    """(net on every device, frozen parameter count, anchors on the CPU); `weights` to resume from."""
+    import mxnet as mx
+
+    if cfg.amp:
+        from mxnet.contrib import amp
+
+        amp.init()
+    net = build_net(cfg, classes, ctxs[0])
+    net.collect_params().reset_ctx(ctxs)
+    frozen = freeze(net, cfg.freeze_blocks if cfg.model == DEFAULT_MODEL else 0)
+    if weights is not None:
+        net.load_parameters(str(weights), ctx=ctxs)
+    with mx.autograd.train_mode():
+        _, _, anchors = net(mx.nd.zeros((1, 3, cfg.data_shape, cfg.data_shape), ctx=ctxs[0]))
+    for name, p in net.collect_params().items():
+        if not name.startswith("mobilenetv2_"):
+            p.lr_mult = cfg.head_lr_mult
+    return net, frozen, anchors.as_in_context(mx.cpu())
+
+
+def _data(cfg, data, anchors, n_devices, rank, num_workers):
+    """The records, this machine's share of each epoch's batches, and the train/val loaders."""
+    from hackathon.train.augment import SceneShiftAugment
+
+    classes = data.classes
+    train_rec = DetectionRecords(data.rec("train"), len(classes), decode_side=cfg.data_shape)
+    val_rec = DetectionRecords(data.rec("val"), len(classes), decode_side=cfg.data_shape)
+    augment = SceneShiftAugment(cfg.data_shape, max_expand=cfg.expand, color=cfg.color)
+    batches = EpochBatches(len(train_rec), cfg.batch_size * n_devices, seed=cfg.seed, num_parts=num_workers,
+                           part_index=rank)
+    loader = train_loader(TrainSamples(train_rec, augment, anchors, seed=cfg.seed), batches, cfg.workers)
+    vloader = val_loader(ValSamples(val_rec, cfg.data_shape), cfg.batch_size * n_devices, cfg.workers)
+    return train_rec, val_rec, batches, loader, vloader
+
+
+def _trainer(cfg, net, kv, states=None):
+    """The optimizer over every device (and machine); `states` to resume its momentum/moments."""
+    from mxnet import gluon
+
+    opt = {"learning_rate": cfg.lr, "wd": cfg.wd}
+    if cfg.optimizer == "sgd":
+        opt["momentum"] = cfg.momentum
+    trainer = gluon.Trainer(net.collect_params(), cfg.optimizer, opt, kvstore=kv or cfg.kvstore,
+                            update_on_kvstore=False if (cfg.amp or kv is not None) else None)
+    if states is not None:
+        trainer.load_states(str(states))
+    if cfg.amp:
+        from mxnet.contrib import amp
+
+        amp.init_trainer(trainer)  # after load_states, which replaces the optimizer this wraps
+    return trainer
 
 
 class Budget:
