@@ -31,30 +31,19 @@ CONFIGS = [("fp32, 1 thread", "1", dict(precision="fp32", fuse=False)),
 
 def measure(export, run, how, repeat):
     """In this process: the speeds and the val mAP of one way of running `export`."""
-    import time
-
-    import mxnet as mx
-    import numpy as np
     from PIL import Image
 
     from hackathon.deploy.int8 import voc07_map
-    from hackathon.deploy.predict import load_detector
+    from hackathon.deploy.predict import load_detector, seconds_per_batch
     from hackathon.train.data import DataDir, DetectionRecords
     from hackathon.train.rundir import RunDir
 
     det = load_detector(export, **how)
     out = {"graph": det.precision, "omp_threads": os.environ.get("OMP_NUM_THREADS", "default")}
     for b in (1, 8):
-        x = mx.nd.random.uniform(-2, 2, (b, 3, *det.data_shape))
-        times = []
-        for i in range(repeat + 2):
-            t = time.perf_counter()
-            for o in det.net(x):
-                o.wait_to_read()
-            if i >= 2:
-                times.append(time.perf_counter() - t)
-        out[f"ms_per_image_b{b}"] = 1000 * float(np.median(times)) / b
-        out[f"images_per_s_b{b}"] = b / float(np.median(times))
+        seconds = seconds_per_batch(det, b, repeat)
+        out[f"ms_per_image_b{b}"] = 1000 * seconds / b
+        out[f"images_per_s_b{b}"] = b / seconds
     data = DataDir(RunDir.open(run).read_config()["train"]["data"])
     recs = DetectionRecords(data.rec("val"))
     val = []

@@ -128,13 +128,27 @@ def _fusable(ctx):
     return ctx.device_type == "cpu" and mx.runtime.Features().is_enabled("MKLDNN")
 
 
+def seconds_per_batch(detector, batch, repeat=10):
+    """Median seconds of the net alone on a fixed (batch, 3, H, W) input, after two warm-up passes."""
+    import time
+
+    import mxnet as mx
+
+    x = mx.nd.random.uniform(-2, 2, (batch, 3, *detector.data_shape), ctx=detector.ctx)
+    times = []
+    for i in range(repeat + 2):
+        t = time.perf_counter()
+        for o in detector.net(x):
+            o.wait_to_read()
+        if i >= 2:
+            times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def benchmark(export_dir, batches=(1, 8), repeat=10):
     """Speed of each graph the export has here: [{"graph", "batch", "ms_per_image", "images_per_s"}].
 
-    The net alone on a fixed input (no photo decoding), after two warm-up passes, median of
-    `repeat` timed passes."""
-    import time
-
+    The net alone on a fixed input (no photo decoding): :func:`seconds_per_batch`."""
     import mxnet as mx
 
     graphs = [("fp32", dict(precision="fp32", fuse=False))]
@@ -147,15 +161,7 @@ def benchmark(export_dir, batches=(1, 8), repeat=10):
     for name, how in graphs:
         det = load_detector(export_dir, **how)
         for b in batches:
-            x = mx.nd.random.uniform(-2, 2, (b, 3, *det.data_shape), ctx=det.ctx)
-            times = []
-            for i in range(repeat + 2):
-                t = time.perf_counter()
-                for o in det.net(x):
-                    o.wait_to_read()
-                if i >= 2:
-                    times.append(time.perf_counter() - t)
-            per = float(np.median(times)) / b
+            per = seconds_per_batch(det, b, repeat) / b
             rows.append({"graph": name, "batch": b, "ms_per_image": 1000 * per, "images_per_s": 1 / per})
     return rows
 
