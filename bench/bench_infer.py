@@ -44,7 +44,7 @@ def measure(export, run, how, repeat):
         seconds = seconds_per_batch(det, b, repeat)
         out[f"ms_per_image_b{b}"] = 1000 * seconds / b
         out[f"images_per_s_b{b}"] = b / seconds
-    data = DataDir(RunDir.open(run).read_config()["train"]["data"])
+    data = DataDir(RunDir.open(run).data_path())
     recs = DetectionRecords(data.rec("val"))
     val = []
     for i in range(len(recs.keys)):

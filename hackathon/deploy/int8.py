@@ -173,7 +173,7 @@ def quantize_run_export(export_dir, calib_dir=None, calib_mode="naive", progress
     export_dir = Path(export_dir)
     meta = json.loads((export_dir / "export.json").read_text("utf-8"))
     run = RunDir.open(meta["run"])
-    data = DataDir(_run_data(run))
+    data = DataDir(run.data_path())
     if calib_dir is not None:
         from labeling.photos import is_image_name, open_upright
 
@@ -193,17 +193,6 @@ def quantize_run_export(export_dir, calib_dir=None, calib_mode="naive", progress
     if not val:
         raise KitError(f"{data.rec('val')}: no validation photos to check INT8 against. Fix: pack with --val-fraction 0.2.")
     return quantize_export(export_dir, calib, val, calib_mode=calib_mode, progress=progress, calib_source=source)
-
-
-def _run_data(run):
-    """The run's pack folder: config.yaml keeps it as typed to `hack train`, so a relative path is
-    tried from here and then from the folder the run sits in (`hack train data --out run`)."""
-    typed = Path(run.read_config()["train"]["data"])
-    for candidate in (typed, run.path.parent / typed):
-        if candidate.is_dir():
-            return candidate
-    raise KitError(f"{run.path}/config.yaml: its training data {typed} is not here nor beside the run. Fix: run "
-                   f"`hack export --int8` from the folder `hack train` ran in.")
 
 
 def _readable(paths, open_upright):

@@ -94,6 +94,16 @@ class RunDir:
             raise KitError(f"{display(self.config)}: not a kit run config. Fix: restore it, or train anew.")
         return config
 
+    def data_path(self) -> Path:
+        """The run's pack folder. config.yaml keeps it as typed to `hack train`, so a relative path is
+        tried from here and then from the folder the run sits in (`hack train data --out run`)."""
+        typed = Path(self.read_config()["train"]["data"])
+        for candidate in (typed, self.path.parent / typed):
+            if candidate.is_dir():
+                return candidate
+        raise KitError(f"{display(self.config)}: its training data {typed} is not here nor beside the run. Fix: run "
+                       "from the folder `hack train` ran in.")
+
     def read_state(self):
         """The resume point, or None before the first epoch finished."""
         if not self.state.is_file():
