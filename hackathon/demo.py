@@ -142,20 +142,11 @@ def other_camera(src, dst, crop=0.12, seed=0):
     blue-green, darkened (gamma 1.6), blurred and saved at JPEG quality 60. A box keeps its label
     when at least half of it is still in the photo, clipped to the new frame.
     """
-    from PIL import Image, ImageFilter
-
     rng = np.random.RandomState(seed)
     dst.mkdir(parents=True, exist_ok=True)
     for jpath in sorted(src.glob("*.json")):
         doc = json.loads(jpath.read_text())
-        im = open_upright(src / doc["imagePath"])
-        w, h = im.size
-        l, t, r, b = (rng.uniform(0, crop, 4) * [w, h, w, h]).round()
-        x0, y0, x1, y1 = int(l), int(t), int(w - r), int(h - b)
-        pixels = np.asarray(im.crop((x0, y0, x1, y1)), dtype=np.float32) / 255
-        pixels = (pixels ** 1.6) * np.array([0.75, 0.95, 1.05]) * 255  # darker, blue-green water light
-        shot = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2))
-        shot.save(dst / doc["imagePath"], quality=60)
+        x0, y0, x1, y1 = _reshoot(src / doc["imagePath"], dst / doc["imagePath"], crop, rng)
         shapes = []
         for s in doc["shapes"]:
             (ax, ay), (bx, by) = s["points"][0], s["points"][-1]
@@ -167,6 +158,33 @@ def other_camera(src, dst, crop=0.12, seed=0):
         write_json_atomic(dst / jpath.name, {**doc, "shapes": shapes, "imageData": None,
                                              "imageWidth": x1 - x0, "imageHeight": y1 - y0})
     return dst
+
+
+def other_camera_photos(src, dst, crop=0.12, seed=1):
+    """The photos in `src` (no labels needed, none written) as :func:`other_camera` sees them: a sample
+    of the simulated test scene, e.g. for `hack adapt`."""
+    from labeling.photos import is_image_name
+
+    rng = np.random.RandomState(seed)
+    dst.mkdir(parents=True, exist_ok=True)
+    for photo in sorted(p for p in src.iterdir() if is_image_name(p)):
+        _reshoot(photo, dst / photo.with_suffix(".jpg").name, crop, rng)
+    return dst
+
+
+def _reshoot(photo, out, crop, rng):
+    """Save `photo` as the other camera shoots it; returns its frame (x0, y0, x1, y1) in the photo."""
+    from PIL import Image, ImageFilter
+
+    im = open_upright(photo)
+    w, h = im.size
+    l, t, r, b = (rng.uniform(0, crop, 4) * [w, h, w, h]).round()
+    x0, y0, x1, y1 = int(l), int(t), int(w - r), int(h - b)
+    pixels = np.asarray(im.crop((x0, y0, x1, y1)), dtype=np.float32) / 255
+    pixels = (pixels ** 1.6) * np.array([0.75, 0.95, 1.05]) * 255  # darker, blue-green water light
+    shot = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2))
+    shot.save(out, quality=60)
+    return x0, y0, x1, y1
 
 
 def train_step(data, out, minutes, echo=print, progress=True):
@@ -183,10 +201,10 @@ def train_step(data, out, minutes, echo=print, progress=True):
 
 def export_step(run, out, echo=print):
     """6. The best weights as a deployable model folder (`hack export`)."""
-    from hackathon.deploy.export import export_run
+    from hackathon.deploy.calibration import describe, export_calibrated
 
-    export = export_run(run, out / "export")
-    echo(f"6/{STEPS} export: {export}")
+    export, calibration = export_calibrated(run, out / "export")
+    echo(f"6/{STEPS} export: {export} ({describe(calibration)})")
     return export
 
 

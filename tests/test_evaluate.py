@@ -247,3 +247,27 @@ def test_the_readme_eval_command_runs_as_written_in_its_workspace(tmp_path, expo
     assert m["in_scene"]["n_images"] >= 1 and m["shift"]["n_images"] == 3  # the second scene, not packed
     help_text = " ".join(CliRunner().invoke(cli, ["eval", "--help"]).output.split())
     assert "data/val.rec from `hack pack`" in help_text and "labeled yourself" in help_text
+
+
+def test_the_reliability_table_counts_right_and_wrong_detections_per_score_bin(tmp_path):
+    a = make_set(tmp_path / "A", 6, "tank-a")
+    rows = truth_rows(a)  # every truth box found, scores 0.9 - 0.01 i: all right, in the 0.8-0.9 bin
+    for r in rows[:]:  # and beside each, a wrong box of the other class far away, at score 0.25
+        other = CLASSES[1 - CLASSES.index(r["label"])]
+        rows.append({"image": r["image"], "label": other, "score": 0.25, "bbox": [0, 0, 3, 3]})
+    (tmp_path / "p.json").write_text(json.dumps(rows))
+    r = invoke("eval", "--predictions", tmp_path / "p.json", "--data", a, "--out", tmp_path / "report",
+               "--bootstrap", "20")
+    assert r.exit_code == 0, r.output
+    rel = json.loads((tmp_path / "report" / "metrics.json").read_text())["in_scene"]["reliability"]
+    n = len(rows) // 2
+    bins = {tuple(b["range"]): b for b in rel["bins"]}
+    high = [bins[(0.8, 0.9)], bins[(0.9, 1.0)]]  # scores 0.85..0.9: the right ones
+    assert sum(b["n"] for b in high) == n and all(b["precision"] == 1.0 for b in high if b["n"])
+    assert bins[(0.2, 0.3)]["n"] == n and bins[(0.2, 0.3)]["precision"] == 0.0
+    assert bins[(0.2, 0.3)]["mean_score"] == pytest.approx(0.25) and rel["n_detections"] == 2 * n
+    assert sum(b["n"] for b in rel["bins"]) == 2 * n
+    mean_right = sum(b["n"] * b["mean_score"] for b in high if b["n"]) / n
+    assert rel["ece"] == pytest.approx(0.5 * (1 - mean_right) + 0.5 * 0.25)  # both halves off by their gap
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Do the scores mean something? (reliability)" in md and "| in_scene | 0.2-0.3 |" in md

@@ -66,7 +66,8 @@ def check_meta(meta, classes, strict=False):
 
 
 def export_run(run_path, out, weights="best"):
-    """Export `run_path`'s best (or last) weights to the folder `out`; returns `out` as a Path."""
+    """Export `run_path`'s best (or last) weights to the folder `out`; returns `out` as a Path.
+    The raw scores: `hack export` calibrates them afterwards (deploy.calibration.export_calibrated)."""
     import mxnet as mx
 
     from hackathon.train.loop import TrainConfig
@@ -92,16 +93,17 @@ def export_run(run_path, out, weights="best"):
     want = [o.asnumpy() for o in net(probe)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    meta = {"kit_export": EXPORT_FORMAT, "data_shape": [size, size], "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "classes": classes, "model": cfg.model, "weights": params.name,
+            "run": str(run.path), "nms": {"thresh": NMS_THRESH, "topk": NMS_TOPK, "post_nms": POST_NMS}}
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-        net.export(os.path.join(tmp, "model"), epoch=0)
-        _check_roundtrip(tmp, probe, want)
-        for name in (SYMBOL, PARAMS):
-            os.replace(os.path.join(tmp, name), out / name)
-    write_text_atomic(out / CLASSES, "".join(c + "\n" for c in classes))
-    write_json_atomic(out / META, {
-        "kit_export": EXPORT_FORMAT, "data_shape": [size, size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-        "classes": classes, "model": cfg.model, "weights": params.name, "run": str(run.path),
-        "nms": {"thresh": NMS_THRESH, "topk": NMS_TOPK, "post_nms": POST_NMS}})
+        tmp = Path(tmp)
+        net.export(str(tmp / "model"), epoch=0)
+        _check_roundtrip(str(tmp), probe, want)
+        write_text_atomic(tmp / CLASSES, "".join(c + "\n" for c in classes))
+        write_json_atomic(tmp / META, meta)
+        for name in (SYMBOL, PARAMS, CLASSES, META):
+            os.replace(tmp / name, out / name)
     return out
 
 

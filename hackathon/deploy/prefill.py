@@ -60,7 +60,8 @@ class Model:
 
 def open_model(path) -> Model:
     """A run folder (its best weights exported to a temp folder first) or an export folder."""
-    from hackathon.deploy.export import META, export_run
+    from hackathon.deploy.calibration import export_calibrated
+    from hackathon.deploy.export import META
     from hackathon.deploy.predict import load_detector
     from hackathon.train.rundir import RunDir
 
@@ -68,7 +69,7 @@ def open_model(path) -> Model:
     if (path / "config.yaml").is_file():
         tmp = tempfile.TemporaryDirectory(prefix="hack-prefill-")
         try:
-            export_run(path, Path(tmp.name) / "export")
+            export_calibrated(path, Path(tmp.name) / "export")
             detector = load_detector(Path(tmp.name) / "export")
         except BaseException:
             tmp.cleanup()

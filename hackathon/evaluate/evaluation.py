@@ -31,7 +31,7 @@ import numpy as np
 
 from hackathon.evaluate.metrics import METRICS, bootstrap_weights, match, percentile_interval
 from hackathon.core.constants import KEEP_SCORE
-from hackathon.deploy.predict import suggest_threshold, threshold_hint
+from hackathon.deploy.predict import PREDICT_BATCH, suggest_threshold, threshold_hint
 from hackathon.core.errors import KitError
 from hackathon.core.fileutil import display
 
@@ -129,10 +129,15 @@ def _detect_all(detector, truth, progress, echo=print):
     from tqdm import tqdm
 
     rows, start = [], time.time()
-    bar = tqdm(truth.images, desc=f"detect {Path(truth.source).name}", unit="img",
+    bar = tqdm(total=len(truth.images), desc=f"detect {Path(truth.source).name}", unit="img",
                disable=None if progress else True)  # None: no bar unless stderr is a terminal
-    for name in bar:
-        rows += [{"image": name, **r} for r in detector.detect(truth.open_image(name), threshold=KEEP_SCORE)]
+    names = list(truth.images)
+    for first in range(0, len(names), PREDICT_BATCH):  # one forward pass a batch of photos
+        chunk = names[first:first + PREDICT_BATCH]
+        found = detector.detect_many([truth.open_image(n) for n in chunk], threshold=KEEP_SCORE)
+        rows += [{"image": n, **r} for n, f in zip(chunk, found) for r in f]
+        bar.update(len(chunk))
+    bar.close()
     if progress and bar.disable:
         echo(f"detect {Path(truth.source).name}: {len(truth.images)} photo(s), {len(rows)} detection(s) "
              f"in {time.time() - start:.1f} s")
@@ -154,6 +159,7 @@ def build_result(sets, n_boot=1000, seed=0, threshold=0.3):
         for c, name in enumerate(s.truth.classes):
             entry["per_class"][name]["ci95"] = {m: _ci(boot[s.key][m][:, c]) for m in METRICS}
         entry["size_buckets"] = size_buckets(s, threshold)
+        entry["reliability"] = reliability(s)
         entry["images"] = per_image(s, threshold)
         entry["dropped_boxes"] = [{"file": f, "message": m} for f, m in s.truth.dropped]
         entry["dropped_note"] = s.truth.dropped_note()
@@ -219,6 +225,30 @@ def size_buckets(s, threshold):
                      "recall50_at_threshold": float(found_thr[g].mean()) if n else None,
                      "false_positives_at_threshold": int(((d_b == k) & (m.voc == 0) & (m.det_score >= threshold)).sum())}
     return out
+
+
+RELIABILITY_EDGES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def reliability(s):
+    """Whether a score means what it says: per score bin, the detections in it, their mean score and
+    the fraction that are true positives (VOC matching, IoU 0.5; ignored ones left out), and the
+    expected calibration error (the bins' |precision - mean score| weighted by their counts). A
+    well-calibrated detector's boxes at score 0.3 are right about 30% of the time."""
+    m = s.matches
+    judged = m.voc >= 0
+    score, tp = m.det_score[judged], (m.voc[judged] == 1)
+    edges = np.array(RELIABILITY_EDGES)
+    which = np.clip(np.searchsorted(edges, score, side="right") - 1, 0, len(edges) - 2)
+    bins, ece = [], 0.0
+    for k in range(len(edges) - 1):
+        inside = which == k
+        n = int(inside.sum())
+        mean, prec = (float(score[inside].mean()), float(tp[inside].mean())) if n else (None, None)
+        if n:
+            ece += n / len(score) * abs(prec - mean)
+        bins.append({"range": [float(edges[k]), float(edges[k + 1])], "n": n, "mean_score": mean, "precision": prec})
+    return {"bins": bins, "ece": float(ece) if len(score) else None, "n_detections": int(len(score))}
 
 
 def per_image(s, threshold):

@@ -75,6 +75,16 @@ def report_blocks(sets, result, threshold):
     rows = [[k, name, str(v["n_truth"]), _fmt(v["recall50"]), _fmt(v["recall50_at_threshold"]),
              str(v["false_positives_at_threshold"])] for k in src for name, v in result[k]["size_buckets"].items()]
     b.append(("table", (head, rows)))
+    b += [("h2", "Do the scores mean something? (reliability)"),
+          ("p", "Per score bin: the detections in it, their mean score, and how many of them are right (VOC "
+                "matching, IoU 0.5). Well calibrated: the last two columns agree, so a box drawn at score 0.3 is "
+                "right about 30% of the time. ECE: their weighted mean difference (0 is perfect).")]
+    head = ["set", "score", "detections", "mean score", "right (precision)"]
+    rows = [[k, f"{v['range'][0]:.1f}-{v['range'][1]:.1f}", str(v["n"]), _fmt(v["mean_score"]), _fmt(v["precision"])]
+            for k in src for v in result[k]["reliability"]["bins"] if v["n"]]
+    b.append(("table", (head, rows)))
+    b.append(("p", "; ".join(f"{k}: ECE {_fmt(result[k]['reliability']['ece'])} over "
+                             f"{result[k]['reliability']['n_detections']} detections" for k in src)))
     b += [("h2", f"Best and worst images (score >= {threshold})")]
     for k in src:
         imgs = result[k]["images"]
