@@ -8,6 +8,7 @@ import click
 
 from hackathon.core.constants import KEEP_SCORE
 from hackathon.core.errors import KitError
+from hackathon.evaluate.adapt import DEFAULT_CONFIDENCE, DEFAULT_KEEP, DEFAULT_LAYERS
 from hackathon.evaluate.metrics import METRICS
 
 
@@ -45,6 +46,7 @@ def cli(ctx, project, verbose):
       hack train data --out run --max-minutes 45   fine-tune the SSD (curves.png per epoch)
       hack export run --out export             the model the judges score
       hack shift photos TEST --out shift       how far the test scene is (what to shoot more of)
+      hack adapt export --photos TEST --out export-adapted   the model re-fitted to that scene
       hack eval export --data data/val.rec --shift photos/tank-b --out report
                                                (tank-b: a second scene you labeled, not packed)
 
@@ -430,25 +432,31 @@ def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr,
               help="With --int8: calibrate on these photos (default: the run's training photos).")
 @click.option("--calib-mode", default="naive", show_default=True, type=click.Choice(["naive", "entropy"]),
               help="With --int8: how activation ranges are set (min/max, or KL-divergence thresholds).")
-def export_cmd(run, out, weights, int8, calib, calib_mode):
+@click.option("--calibrate/--no-calibrate", default=True, show_default=True,
+              help="Map the scores so a box at score s is right about s of the time on the run's val photos "
+                   "(one increasing map: rankings and mAP unchanged).")
+def export_cmd(run, out, weights, int8, calib, calib_mode, calibrate):
     """Export a run's best weights for deployment and scoring.
 
     Writes model-symbol.json + model-0000.params (load with mx.gluon.SymbolBlock.imports),
     classes.txt and export.json (input size and normalization). The export is loaded back and
     checked against the trained net before it is written. With --int8, model-int8-symbol.json +
     model-int8-0000.params beside them after the check on the run's validation photos;
-    hack predict, hack eval and the judges then run INT8 where the machine can.
+    hack predict, hack eval and the judges then run INT8 where the machine can. The scores are
+    calibrated on the run's validation photos (--no-calibrate: the softmax scores as trained).
 
     \b
     Example:
       hack export run --out export
       hack export run --out export --int8        # + the INT8 graph, if it keeps its accuracy
     """
-    from hackathon.deploy.export import export_run
-
     if (calib or calib_mode != "naive") and not int8:
         raise KitError("--calib and --calib-mode go with --int8. Fix: add --int8, or drop them.")
-    folder = export_run(run, out, weights=weights)
+    from hackathon.deploy.calibration import describe as calibration_line, export_calibrated
+
+    folder, calibration = export_calibrated(run, out, weights=weights, calibrate=calibrate)
+    if calibration is not None:
+        click.echo(calibration_line(calibration))
     click.echo(f"exported {run}/{weights}.params to {folder} (model-symbol.json, model-0000.params, classes.txt). "
                f"Next: hack eval {folder} --data TEST")
     if int8:
@@ -641,7 +649,10 @@ def prefill_cmd(ctx, model, photos, threshold, dry_run):
 @click.option("--clip", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest importance weight β a training photo can get.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds, permutations and KID subsets.")
-def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed):
+@click.option("--model", type=click.Path(file_okay=False, path_type=Path),
+              help="An export: compare the scenes as its backbone sees them (e.g. before and after hack adapt) "
+                   "instead of ImageNet's MobileNetV2.")
+def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed, model):
     """How different are two scenes, before any detector: photos below TRAIN_IMAGES vs TEST_IMAGES.
 
     On the pretrained MobileNetV2's pooled features: a domain classifier's cross-validated ROC-AUC
@@ -653,11 +664,13 @@ def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed):
     Example:
       hack shift photos/tank-a organizers/sample-test --out shift-report
       # then read shift-report/shift.md; shoot more like shift-report/most-like-test.png
+      hack shift photos/tank-a sample-test --out shift-adapted --model export-adapted
     """
     from hackathon.evaluate.shift import measure_shift
     from hackathon.evaluate.shift_report import write_report
 
-    result = measure_shift(train_images, test_images, out, folds=folds, permutations=permutations, clip=clip, seed=seed)
+    result = measure_shift(train_images, test_images, out, folds=folds, permutations=permutations, clip=clip, seed=seed,
+                           model=model)
     write_report(result, out)
     for _, message in result.skipped:
         click.secho(f"error: {message}", fg="red", err=True)
@@ -665,6 +678,47 @@ def shift_cmd(train_images, test_images, out, permutations, folds, clip, seed):
     click.echo(f"report in {out / 'shift.md'} (shift.json, most-like-test.png, least-like-test.png, roc.png)")
     if result.skipped:
         sys.exit(1)
+
+
+@cli.command("adapt")
+@click.argument("model", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--photos", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Unlabelled photos of the test scene (only photos the organizers allow; no JSON in the folder).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The adapted export (a new folder; the model is kept as it is).")
+@click.option("--keep", default=DEFAULT_KEEP, show_default=True, type=float,
+              help="Fraction of the training scene's BatchNorm statistics to keep, in [0, 1) (0: the new scene's alone).")
+@click.option("--layers", default=DEFAULT_LAYERS, show_default=True,
+              help="BatchNorm layers to re-estimate: all, backbone, or N (the first N in the graph).")
+@click.option("--self-train-minutes", type=click.FloatRange(min=0, max=120), default=0.0,
+              help="Also fine-tune this long on the photos' own pseudo-labels mixed with the run's training photos "
+                   "(MODEL must be a run); the pseudo-labels are written to OUT/pseudo-labels as labelme files.")
+@click.option("--confidence", default=DEFAULT_CONFIDENCE, show_default=True, type=click.FloatRange(0, 1, min_open=True,
+              max_open=True), help="With --self-train-minutes: the calibrated score a pseudo-label needs.")
+def adapt_cmd(model, photos, out, keep, layers, self_train_minutes, confidence):
+    """Adapt a detector to the test scene from unlabelled photos of it (AdaBN).
+
+    MODEL is a run folder or an export. Every BatchNorm layer's statistics are measured again on
+    the photos below --photos (read upright, preprocessed as hack predict does); nothing else
+    changes, and OUT is a normal export that hack predict, hack eval and the judges' scorer run
+    unchanged. export.json records what was adapted, on which photos (sha256) and how far each
+    layer moved. A folder that holds JSON files is refused (test labels must never reach a model).
+
+    \b
+    Example:
+      hack adapt export --photos organizers/sample-test --out export-adapted
+      hack adapt run --photos organizers/sample-test --out export-adapted --self-train-minutes 5
+      hack eval export-adapted --data test          # where you have labelled photos of that scene
+      hack shift photos sample-test --out s --model export-adapted
+    """
+    from hackathon.evaluate.adapt import adapt
+
+    result = adapt(model, photos, out, keep=keep, layers=layers, self_train_minutes=self_train_minutes,
+                   confidence=confidence)
+    for _, message in result.skipped:
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+    click.echo(result.summary())
+    click.echo(f"Next: hack predict {out} PHOTOS, or hack eval {out} --data TEST")
 
 
 # ---- judging: score, leaderboard ----

@@ -168,11 +168,12 @@ def test_two_scenes_are_told_apart_and_two_halves_of_one_are_not(scenes, featuri
     assert apart.n_train == apart.n_test == 12
     assert apart.auc > 0.95 and apart.p_value == pytest.approx(1 / 51)
     assert "easy to tell apart" in apart.verdict()
+    assert "hack adapt MODEL --photos" in apart.verdict() and "organizers allow" in apart.verdict()
 
     halves = measure_shift(scenes / "blue" / "a", scenes / "blue" / "b", tmp_path / "halves", permutations=50,
                            progress=False, featurize=featurize)
     assert 0.2 < halves.auc < 0.8 and halves.p_value > 0.05
-    assert "cannot tell the scenes apart" in halves.verdict()
+    assert "cannot tell the scenes apart" in halves.verdict() and "hack adapt" not in halves.verdict()
     assert halves.kid < apart.kid / 5 and apart.kid > 3 * apart.kid_std
     assert halves.ess_fraction > apart.ess_fraction
 

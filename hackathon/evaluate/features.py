@@ -15,6 +15,7 @@ Example
 >>> feats = extract_features(paths)
 >>> feats.vectors.shape, feats.skipped        # (len(kept), 1280), [(path, message), ...]
 """
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,13 +73,14 @@ class Features:
 class FeatureCache:
     """sha256 of a file -> its vector, stored as one .npz (read once, written atomically once)."""
 
-    def __init__(self, path):
+    def __init__(self, path, key=CACHE_KEY):
         self.path = Path(path) if path else None
+        self.key = key
         self.vectors, self.dirty = {}, False
         if self.path and self.path.is_file():
             try:
                 with np.load(self.path, allow_pickle=False) as z:
-                    if str(z["key"]) == CACHE_KEY:
+                    if str(z["key"]) == key:
                         self.vectors = dict(zip((str(s) for s in z["sha256"]), z["vectors"]))
             except (OSError, ValueError, KeyError):
                 self.vectors = {}  # a damaged cache is only slower: it is rebuilt
@@ -90,7 +92,7 @@ class FeatureCache:
         vectors = np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, DIM), np.float32)
         with atomic_path(self.path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, key=np.array(CACHE_KEY), sha256=np.array(keys), vectors=vectors)
+                np.savez(f, key=np.array(self.key), sha256=np.array(keys), vectors=vectors)
 
 
 def load_backbone(ctx=None, cache_dir=None):
@@ -102,7 +104,36 @@ def load_backbone(ctx=None, cache_dir=None):
     return net
 
 
-def extract_features(paths, cache_path=None, batch_size=16, progress=True, net=None):
+# The backbone's last layer inside a kit export (hack train's ssd_mobilenetv2), pooled like ImageNet's.
+EXPORT_LAYER = "mobilenetv2_features_relu61_relu6_output"
+
+
+def export_backbone(export_dir):
+    """(net, cache key): the pooled last backbone layer of a kit export, e.g. to compare scenes as an
+    adapted detector sees them (`hack shift --model`). Same preprocessing as the ImageNet backbone."""
+    import mxnet as mx
+
+    from hackathon.deploy.export import PARAMS, SYMBOL
+
+    export_dir = Path(export_dir)
+    symbol, params = export_dir / SYMBOL, export_dir / PARAMS
+    if not (symbol.is_file() and params.is_file()):
+        raise KitError(f"--model {display(export_dir)}: not an export ({SYMBOL}, {PARAMS}). Fix: give the folder "
+                       "`hack export` or `hack adapt` wrote.")
+    internals = mx.sym.load(str(symbol)).get_internals()
+    if EXPORT_LAYER not in internals.list_outputs():
+        raise KitError(f"--model {display(export_dir)}: its graph has no {EXPORT_LAYER} (not the kit's "
+                       "ssd_mobilenetv2). Fix: drop --model (ImageNet's backbone), or give a kit export.")
+    pooled = mx.sym.mean(internals[EXPORT_LAYER], axis=(2, 3))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Cannot decide type", category=UserWarning)
+        net = mx.gluon.SymbolBlock(pooled, [mx.sym.var("data")])
+        net.collect_params().load(str(params), ctx=mx.cpu(), ignore_extra=True, cast_dtype=True, dtype_source="saved")
+    net.hybridize(static_alloc=True)
+    return net, f"{CACHE_KEY}/export-{sha256_file(params)[:16]}"
+
+
+def extract_features(paths, cache_path=None, batch_size=16, progress=True, net=None, key=CACHE_KEY):
     """Pooled backbone features of `paths`; unreadable photos are skipped and listed, not fatal.
 
     Parameters
@@ -116,11 +147,13 @@ def extract_features(paths, cache_path=None, batch_size=16, progress=True, net=N
         Show a tqdm bar over the photos the network has to see.
     net : HybridBlock, optional
         The feature network (default :func:`load_backbone`, built only when a photo is not cached).
+    key : str
+        The cache's key for `net` (:func:`export_backbone` gives one per export).
     """
     import mxnet as mx
     from tqdm import tqdm
 
-    cache = FeatureCache(cache_path)
+    cache = FeatureCache(cache_path, key)
     kept, sums, skipped, todo, failed = [], [], [], [], {}
     for path in paths:
         try:
