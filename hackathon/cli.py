@@ -497,7 +497,8 @@ def eval_cmd(export, data, shift, predictions, shift_predictions, out, threshold
     Either run the exported model EXPORT on the sets, or score predictions files (hack predict's
     format). Reports VOC07 mAP@0.5, VOC mAP@0.5, COCO AP@[.5:.95] and AP50 per set and class with
     95% bootstrap intervals over images; with --shift the gap (in - shift) and the retention
-    (shift / in). Writes OUT/metrics.json, report.md, report.html, pr_curves.png, examples.png.
+    (shift / in), and a reliability table (per score bin: how many detections are right, and the
+    calibration error). Writes OUT/metrics.json, report.md, report.html, pr_curves.png, examples.png.
     Every labeled set is read and checked before the model runs, so a bad --shift set stops at
     once. A truth box thinner than a pixel (a 0x0 box) is left out, warned and noted in the report.
 
