@@ -392,9 +392,10 @@ adapted = adapt(WORK / "export", sample, WORK / "export-adapted", progress=False
 print(adapted.summary())
 after = evaluate(folders["val"], export=WORK / "export-adapted", shift=folders["other"], n_boot=200,
                  progress=False).result
+num = lambda v: "n/a" if v is None else f"{v:.3f}"  # retention is n/a when the in-scene score is 0
 for name, r in (("before", result), ("after hack adapt", after)):
-    print(f"{name:<17} in-scene {r['in_scene']['voc07_map50']:.3f}  shifted {r['shift']['voc07_map50']:.3f} "
-          f"{r['shift']['ci95']['voc07_map50']}  retention {r['retention']['voc07_map50']:.2f}")""",
+    print(f"{name:<17} in-scene {num(r['in_scene']['voc07_map50'])}  shifted {num(r['shift']['voc07_map50'])} "
+          f"{r['shift']['ci95']['voc07_map50']}  retention {num(r['retention']['voc07_map50'])}")""",
     """md:The adapted export is meant for the test scene: its in-scene score may drop, since its
 statistics are now the other scene's. With a short training and a dozen photos the intervals
 overlap; bench/RESULTS.md ("adapt") has the figures of a 30-minute detector. `hack shift --model
