@@ -81,6 +81,16 @@ def ratio_ci(ev_adapted, ev_plain, n_boot, seed=0):
     return percentile_interval(r[np.isfinite(r)])
 
 
+def gap_ret(r):
+    """The gap (in-scene - shift) and the retention (shift / in-scene), each with its 95% interval."""
+    def one(key, digits):
+        v, ci = r[key]["voc07_map50"], r[f"{key}_ci95"]["voc07_map50"]
+        num = lambda x: "n/a" if x is None else f"{x:.{digits}f}"
+        return f"{key} {num(v)} [{num(ci[0]) if ci else 'n/a'}, {num(ci[1]) if ci else 'n/a'}]"
+
+    return f"{one('gap', 3)}, {one('retention', 2)}"
+
+
 def fmt(r, key):
     lo, hi = r[key]["ci95"]["voc07_map50"]
     return f"{r[key]['voc07_map50']:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -109,7 +119,7 @@ def main():
     plain = [score(args.export, heldout, parts[1 - k][0], args.bootstrap) for k in range(2)]
     rows = []
     print(f"{'setting':<20} {'fold':>4}  {'shift mAP adapted':<24} {'unadapted':<24} {'ratio [95% CI]':<22} "
-          f"{'in-scene adapted':<24} retention")
+          f"{'in-scene adapted':<24} gap and retention (95% CI)")
     for keep, layers in SETTINGS:
         for k in range(2):  # adapt on half k, score on the other half
             out = WORK / f"export-keep{keep:g}-{layers}-half{k}"
@@ -122,11 +132,10 @@ def main():
             rows.append({"keep": keep, "layers": layers, "fold": k, "shift": r["shift"]["voc07_map50"],
                          "shift_unadapted": p["shift"]["voc07_map50"], "ratio": ratio, "ratio_ci95": [lo, hi],
                          "in_scene": r["in_scene"]["voc07_map50"], "in_scene_unadapted": p["in_scene"]["voc07_map50"],
-                         "retention": r["retention"]["voc07_map50"], "gap": r["gap"]["voc07_map50"],
-                         "gap_ci95": r["gap_ci95"]["voc07_map50"]})
+                         "retention": r["retention"]["voc07_map50"], "retention_ci95": r["retention_ci95"]["voc07_map50"],
+                         "gap": r["gap"]["voc07_map50"], "gap_ci95": r["gap_ci95"]["voc07_map50"]})
             print(f"{f'keep {keep:g}, {layers}':<20} {k:>4}  {fmt(r, 'shift'):<24} {fmt(p, 'shift'):<24} "
-                  f"{f'{ratio:.2f} [{lo:.2f}, {hi:.2f}]':<22} {fmt(r, 'in_scene'):<24} "
-                  f"{r['retention']['voc07_map50']:.2f}", flush=True)
+                  f"{f'{ratio:.2f} [{lo:.2f}, {hi:.2f}]':<22} {fmt(r, 'in_scene'):<24} {gap_ret(r)}", flush=True)
     if args.self_train_minutes:
         run = args.export.parent / "run-kit" if args.run is None else args.run
         for k in range(2):
@@ -145,13 +154,11 @@ def main():
             name = f"+ self-train {args.self_train_minutes:g} min"
             print(f"{name:<20} {k:>4}  {fmt(r, 'shift'):<24} {fmt(p, 'shift'):<24} "
                   f"{f'{ratio:.2f} [{lo:.2f}, {hi:.2f}]':<22} {fmt(r, 'in_scene'):<24} "
-                  f"{r['retention']['voc07_map50']:.2f}  ({res.self_train['pseudo_boxes']} pseudo-boxes on "
+                  f"{gap_ret(r)}  ({res.self_train['pseudo_boxes']} pseudo-boxes on "
                   f"{res.self_train['photos_with_pseudo_labels']} photos, {res.self_train['epochs']} epochs)", flush=True)
     for k in range(2):
         p = plain[k].result
-        print(f"unadapted, fold {k}: shift {fmt(p, 'shift')}, in-scene {fmt(p, 'in_scene')}, retention "
-              f"{p['retention']['voc07_map50']:.2f}, gap {p['gap']['voc07_map50']:.3f} "
-              f"[{p['gap_ci95']['voc07_map50'][0]:.3f}, {p['gap_ci95']['voc07_map50'][1]:.3f}]")
+        print(f"unadapted, fold {k}: shift {fmt(p, 'shift')}, in-scene {fmt(p, 'in_scene')}, {gap_ret(p)}")
 
     print("\nphotos needed (default setting, adapted on the first n photos of half 0, scored on half 1; "
           f"the kit's floor MIN_PHOTOS={adapt_mod.MIN_PHOTOS} lifted here to see below it):")

@@ -28,7 +28,7 @@ def test_the_voc_rule_takes_each_truth_box_once_best_score_first():
 def test_platt_recovers_a_known_map():
     rng = np.random.RandomState(0)
     s = rng.uniform(0.01, 0.99, 40000)
-    right = rng.uniform(size=s.size) < calibrated(s, 2.0, -1.0)
+    right = rng.uniform(size=s.size) < 1 / (1 + np.exp(-(2.0 * np.log(s / (1 - s)) - 1.0)))
     a, b = fit_platt(s, right)
     assert a == pytest.approx(2.0, abs=0.08) and b == pytest.approx(-1.0, abs=0.05)
     assert calibration.ece(calibrated(s, a, b), right) < calibration.ece(s, right) / 3

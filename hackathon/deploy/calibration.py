@@ -7,11 +7,12 @@ every detection on the run's val photos (score >= 0.01, the kit's keep score) is
 wrong by the VOC rule (IoU >= 0.5 with a truth box of its class not already taken by a higher
 score), and Platt scaling fits one map for all classes:
 
-    calibrated = sigmoid(a * logit(score) + b),   a > 0
+    calibrated = 0.01 + 0.99 * sigmoid(a * logit(score) + b),   a > 0
 
 appended to the exported graph after NMS (MXNet operators only: the export stays data; invalid
 rows keep their -1). The map is increasing and the same for every class, so every ranking, and so
-every AP and mAP, is unchanged; only what a threshold means changes. Without val photos, without
+every AP and mAP, is unchanged (the 0.01 floor keeps every detection above the kit's keep score, so
+predict, eval and the scorer keep the same ones); only what a threshold means changes. Without val photos, without
 enough detections of both kinds (MIN_EACH), or when the fit finds no increasing map, the scores are
 left as they are and export.json says why. `hack eval`'s reliability table shows the result on
 photos the fit never saw.
@@ -75,8 +76,13 @@ def ece(scores, right, edges=np.linspace(0, 1, 11)):
 
 
 def calibrated(s, a, b):
+    """The map: Platt's probability, lifted into [KEEP_SCORE, 1] so that every detection the graph
+    keeps (raw score >= 0.01) is still kept by predict, eval and the scorer (their 0.01 cut): the
+    same detections in the same order, so every AP is unchanged."""
+    from hackathon.core.constants import KEEP_SCORE
+
     s = np.clip(np.asarray(s, np.float64), EPS, 1 - EPS)
-    return 1 / (1 + np.exp(-(a * np.log(s / (1 - s)) + b)))
+    return KEEP_SCORE + (1 - KEEP_SCORE) / (1 + np.exp(-(a * np.log(s / (1 - s)) + b)))
 
 
 def fit_on_val(detector, val_records):
@@ -115,7 +121,9 @@ def calibrate_graph(symbol_path, a, b):
     sym = mx.sym.load(str(symbol_path))
     ids, scores, boxes = sym[0], sym[1], sym[2]
     s = mx.sym.clip(scores, EPS, 1 - EPS)
-    mapped = mx.sym.sigmoid(a * (mx.sym.log(s) - mx.sym.log(1 - s)) + b)
+    from hackathon.core.constants import KEEP_SCORE
+
+    mapped = KEEP_SCORE + (1 - KEEP_SCORE) * mx.sym.sigmoid(a * (mx.sym.log(s) - mx.sym.log(1 - s)) + b)
     return mx.sym.Group([ids, mx.sym.where(scores > 0, mapped, scores), boxes]).tojson()
 
 
