@@ -112,16 +112,9 @@ def test_the_model_and_the_photos_are_left_as_they_were(export, tmp_path):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from labeling.pack import pack_dataset
-    from test_train import CLASSES as SCENE_CLASSES, make_scene
+    from test_train import one_epoch_run
 
-    root = tmp_path_factory.mktemp("adapt-run")
-    photos = make_scene(root / "photos", n=6)
-    pack_dataset([photos], root / "data", SCENE_CLASSES, val_fraction=0.34, seed=0, progress=False)
-    r = CliRunner().invoke(cli, ["train", str(root / "data"), "--out", str(root / "run"), "--batch-size", "2",
-                                 "--epochs", "1", "--workers", "0", "--no-pretrained"])
-    assert r.exit_code == 0, r.output
-    return root / "run"
+    return one_epoch_run(tmp_path_factory.mktemp("adapt-run"), n=6, val_fraction=0.34)
 
 
 def test_a_run_folder_is_exported_then_adapted(run, tmp_path):

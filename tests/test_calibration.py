@@ -55,16 +55,9 @@ def test_the_rewritten_graph_maps_scores_and_nothing_else(tmp_path, background_l
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from labeling.pack import pack_dataset
-    from test_train import CLASSES as SCENE_CLASSES, make_scene
+    from test_train import one_epoch_run
 
-    root = tmp_path_factory.mktemp("calib")
-    photos = make_scene(root / "photos", n=10)
-    pack_dataset([photos], root / "data", SCENE_CLASSES, val_fraction=0.4, seed=0, progress=False)
-    r = CliRunner().invoke(cli, ["train", str(root / "data"), "--out", str(root / "run"), "--batch-size", "2",
-                                 "--epochs", "1", "--workers", "0", "--no-pretrained"])
-    assert r.exit_code == 0, r.output
-    return root / "run"
+    return one_epoch_run(tmp_path_factory.mktemp("calib"), n=10, val_fraction=0.4)
 
 
 def test_a_weak_model_keeps_its_scores_and_export_json_says_why(run, tmp_path):

@@ -52,6 +52,16 @@ def make_scene(folder, n=8, seed=0, size=(160, 120)):
     return folder
 
 
+def one_epoch_run(root, n, val_fraction):
+    """A run folder trained one epoch from scratch on n photos of make_scene (for tests of what follows training)."""
+    photos = make_scene(root / "photos", n=n)
+    pack_dataset([photos], root / "data", CLASSES, val_fraction=val_fraction, seed=0, progress=False)
+    r = CliRunner().invoke(cli, ["train", str(root / "data"), "--out", str(root / "run"), "--batch-size", "2",
+                                 "--epochs", "1", "--workers", "0", "--no-pretrained"])
+    assert r.exit_code == 0, r.output
+    return root / "run"
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
