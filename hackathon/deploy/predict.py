@@ -127,9 +127,15 @@ def load_detector(export_dir, ctx=None, precision="auto", files=None, fuse=True)
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise KitError(f"{display(export_dir)}: {symbol.name} / {params.name} cannot be loaded ({first}). "
                        "Fix: export again with `hack export`; both files must come from the same export.") from None
+    # static_shape too: without it MXNet's cached graph makes its oneDNN operators anew on every
+    # call, and each quantized convolution re-quantizes its weights (bench/RESULTS.md, "infer": INT8
+    # 28.8 -> 7.3 ms at batch 1, fused fp32 29.5 -> 16.1). A new batch size re-plans the graph once.
     if graph == "fp32" and fuse and _fusable(ctx):
-        net.optimize_for(mx.nd.zeros((1, 3, *meta["data_shape"]), ctx=ctx), backend="MKLDNN")
+        net.optimize_for(mx.nd.zeros((1, 3, *meta["data_shape"]), ctx=ctx), backend="MKLDNN",
+                         static_alloc=True, static_shape=True)
         graph = "fp32 (oneDNN fused)"
+    elif graph == "int8":
+        net.hybridize(static_alloc=True, static_shape=True)
     else:
         net.hybridize(static_alloc=True)
     return Detector(net=net, classes=classes, data_shape=tuple(meta["data_shape"]),
