@@ -64,6 +64,28 @@ def test_predict_runs_int8_by_default_and_fp32_when_asked_with_close_detections(
     assert [o.shape for o in fast.net(fast.preprocess(image))] == [w.shape for w in want]  # same outputs
 
 
+def test_static_shape_graphs_give_the_same_detections_whatever_the_batch_sizes(quantized):
+    """The INT8 and fused graphs are planned for one input shape and re-planned when the batch size
+    changes (predict's last batch is smaller): every photo gets the detections it gets alone, and
+    the fused graph's are the plain graph's."""
+    export, _ = quantized
+    images = photos(12, seed=7)
+    scores = lambda rows: np.sort([r["score"] for r in rows])[::-1]
+    plain = load_detector(export, precision="fp32", fuse=False)
+    for precision in ("int8", "fp32"):
+        det = load_detector(export, precision=precision)
+        assert det.precision in ("int8", "fp32 (oneDNN fused)")
+        alone = [det.detect(im, threshold=0.0) for im in images]
+        batched = []
+        for chunk in (images[:8], images[8:11], images[11:], images[:8]):  # 8, 3, 1, then 8 again
+            batched += det.detect_many(chunk, threshold=0.0)
+        for a, b in zip(alone + alone[:8], batched):
+            assert len(a) == len(b) > 0 and np.allclose(scores(a), scores(b), atol=1e-3)
+        if precision == "fp32":
+            for im, a in zip(images[:3], alone):
+                assert np.allclose(scores(plain.detect(im, threshold=0.0)), scores(a), atol=1e-4)
+
+
 def test_without_onednn_auto_falls_back_to_fp32_and_says_why(quantized, monkeypatch):
     export, _ = quantized
     monkeypatch.setattr(predict_mod, "int8_supported", lambda: (False, "this MXNet build has no oneDNN"))

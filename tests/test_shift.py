@@ -218,6 +218,20 @@ def test_unreadable_photo_is_named_skipped_and_exits_1(scenes, featurize, tmp_pa
     assert report["n_train"] == 5 and report["skipped"][0]["image"].endswith("broken.jpg")
 
 
+def test_the_fused_backbone_gives_the_plain_backbones_features(scenes, mxnet_home):
+    """hack shift's features run oneDNN's fused graph where MXNet has it: the same vectors as the
+    plain hybridized backbone, whatever the batch sizes (16, then a last batch of 4)."""
+    from hackathon.train.models import build_backbone
+
+    paths = sorted((scenes / "blue").rglob("*.jpg"))[:20]
+    fused = extract_features(paths, progress=False, net=load_backbone(cache_dir=mxnet_home / "models")).vectors
+    plain_net = build_backbone(pretrained=True, cache_dir=mxnet_home / "models").features
+    plain_net.hybridize(static_alloc=True)
+    plain = extract_features(paths, progress=False, net=plain_net).vectors
+    assert fused.shape == plain.shape == (20, 1280) and plain.max() > 0
+    assert np.allclose(fused, plain, atol=1e-4 * plain.max())
+
+
 def test_cached_features_skip_the_network(scenes, featurize):
     paths = list_images(scenes / "red")
     first = featurize(paths)

@@ -100,7 +100,21 @@ def load_backbone(ctx=None, cache_dir=None):
     from hackathon.train.models import build_backbone
 
     net = build_backbone(pretrained=True, ctx=ctx, cache_dir=cache_dir).features
-    net.hybridize(static_alloc=True)
+    return for_inference(net, ctx)
+
+
+def for_inference(net, ctx=None, batch_size=16):
+    """`net` hybridized for inference: on a CPU with oneDNN (Linux wheels) as its fused graph (conv +
+    batchnorm + relu one operator, static shapes: the same numbers, ~2x faster a batch), elsewhere
+    as a plain hybridized graph."""
+    import mxnet as mx
+
+    ctx = ctx or mx.cpu()
+    if ctx.device_type == "cpu" and mx.runtime.Features().is_enabled("MKLDNN"):
+        net.optimize_for(mx.nd.zeros((batch_size, 3, INPUT_SIZE, INPUT_SIZE), ctx=ctx), backend="MKLDNN",
+                         static_alloc=True, static_shape=True)
+    else:
+        net.hybridize(static_alloc=True)
     return net
 
 
@@ -129,8 +143,7 @@ def export_backbone(export_dir):
         warnings.filterwarnings("ignore", message="Cannot decide type", category=UserWarning)
         net = mx.gluon.SymbolBlock(pooled, [mx.sym.var("data")])
         net.collect_params().load(str(params), ctx=mx.cpu(), ignore_extra=True, cast_dtype=True, dtype_source="saved")
-    net.hybridize(static_alloc=True)
-    return net, f"{CACHE_KEY}/export-{sha256_file(params)[:16]}"
+    return for_inference(net), f"{CACHE_KEY}/export-{sha256_file(params)[:16]}"
 
 
 def extract_features(paths, cache_path=None, batch_size=16, progress=True, net=None, key=CACHE_KEY):
