@@ -214,7 +214,8 @@ def test_a_killed_pack_leaves_no_half_file_and_keeps_the_old_one(tmp_path):
 
 def test_a_pack_killed_while_writing_val_leaves_the_older_pack_whole(tmp_path):
     """train.* were the new dataset while val.*, manifest.json and classes.txt were the old one."""
-    labeled_set(tmp_path / "labels", n=40, size=(1600, 1200))
+    # 100 photos (20 in val): with 40, a fast machine wrote the 8 val photos between two polls
+    labeled_set(tmp_path / "labels", n=100, size=(1600, 1200))
     out = tmp_path / "data"
     pack_dataset([tmp_path / "labels"], out, CLASSES, progress=False)
     before = {n: sha(out / n) for n in os.listdir(out)}
