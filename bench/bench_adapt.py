@@ -41,14 +41,14 @@ SCENE_B = ROOT.parent / "shared" / "data" / "aquarium-scene-b-sample"
 SETTINGS = [(0.0, "all"), (0.5, "all"), (0.9, "all"), (0.0, "backbone"), (0.0, "10"), (0.0, "30")]
 
 
-def halves(proxy, seed=0):
-    """Two labelled halves of the simulated scene, and each half's photos alone (no JSON)."""
+def halves(proxy, seed=0, work=WORK):
+    """Two labelled halves of the simulated scene, and each half's photos alone (no JSON), in `work`."""
     docs = sorted(proxy.glob("*.json"))
     order = np.random.RandomState(seed).permutation(len(docs))
     parts = [[docs[i] for i in order[: len(docs) // 2]], [docs[i] for i in order[len(docs) // 2:]]]
     out = []
     for k, part in enumerate(parts):
-        labelled, photos = WORK / f"half{k}" / "labelled", WORK / f"half{k}" / "photos"
+        labelled, photos = work / f"half{k}" / "labelled", work / f"half{k}" / "photos"
         for d in (labelled, photos):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)

@@ -245,29 +245,19 @@ def adapted_shift(export, proxy, work, n_boot):
     from hackathon.evaluate.evaluation import _detect_all, evaluate
     from hackathon.evaluate.truth import read_truth
 
-    docs = sorted(proxy.glob("*.json"))
-    order = np.random.RandomState(0).permutation(len(docs))
-    parts = [[docs[i] for i in order[: len(docs) // 2]], [docs[i] for i in order[len(docs) // 2:]]]
+    from bench_adapt import halves
+
     shutil.rmtree(work, ignore_errors=True)
+    parts = halves(proxy, work=work)  # [(labelled, photos)] per half, seeded as bench_adapt's folds
     rows, wall = [], []
-    for k, part in enumerate(parts):
-        photos, labelled = work / f"half{k}-photos", work / f"half{k}-labelled"
-        for d in (photos, labelled):
-            d.mkdir(parents=True)
-        for j in part:
-            image = proxy / json.loads(j.read_text())["imagePath"]
-            shutil.copyfile(image, photos / image.name)
-            shutil.copyfile(image, labelled / image.name)
-            shutil.copyfile(j, labelled / j.name)
-        shutil.copyfile(proxy / "classes.txt", labelled / "classes.txt")
     for k in range(2):
         out = work / f"export-adapted-half{k}"
         t0 = time.time()
         subprocess.run([sys.executable, "-m", "hackathon.cli", "adapt", str(export), "--photos",
-                        str(work / f"half{k}-photos"), "--out", str(out)],
+                        str(parts[k][1]), "--out", str(out)],
                        check=True, capture_output=True, text=True, cwd=ROOT)
         wall.append(time.time() - t0)
-        other = read_truth(work / f"half{1 - k}-labelled")
+        other = read_truth(parts[1 - k][0])
         rows += _detect_all(load_detector(out), other, progress=False)
     preds = write_predictions(rows, work / "shift-predictions.json")
     full = read_truth(proxy)

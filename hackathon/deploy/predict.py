@@ -130,7 +130,7 @@ def load_detector(export_dir, ctx=None, precision="auto", files=None, fuse=True)
     # static_shape too: without it MXNet's cached graph makes its oneDNN operators anew on every
     # call, and each quantized convolution re-quantizes its weights (bench/RESULTS.md, "infer": INT8
     # 28.8 -> 7.3 ms at batch 1, fused fp32 29.5 -> 16.1). A new batch size re-plans the graph once.
-    if graph == "fp32" and fuse and _fusable(ctx):
+    if graph == "fp32" and fuse and fusable(ctx):
         net.optimize_for(mx.nd.zeros((1, 3, *meta["data_shape"]), ctx=ctx), backend="MKLDNN",
                          static_alloc=True, static_shape=True)
         graph = "fp32 (oneDNN fused)"
@@ -143,7 +143,7 @@ def load_detector(export_dir, ctx=None, precision="auto", files=None, fuse=True)
                     ctx=ctx, source=display(export_dir), precision=graph)
 
 
-def _fusable(ctx):
+def fusable(ctx):
     import mxnet as mx
 
     return ctx.device_type == "cpu" and mx.runtime.Features().is_enabled("MKLDNN")
@@ -173,7 +173,7 @@ def benchmark(export_dir, batches=(1, 8), repeat=10):
     import mxnet as mx
 
     graphs = [("fp32", dict(precision="fp32", fuse=False))]
-    if _fusable(mx.cpu()):
+    if fusable(mx.cpu()):
         graphs.append(("fp32 (oneDNN fused)", dict(precision="fp32")))
     meta = json.loads((Path(export_dir) / "export.json").read_text("utf-8")) if (Path(export_dir) / "export.json").is_file() else {}
     if meta.get("int8"):

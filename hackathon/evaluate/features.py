@@ -109,8 +109,10 @@ def for_inference(net, ctx=None, batch_size=16):
     as a plain hybridized graph."""
     import mxnet as mx
 
+    from hackathon.deploy.predict import fusable
+
     ctx = ctx or mx.cpu()
-    if ctx.device_type == "cpu" and mx.runtime.Features().is_enabled("MKLDNN"):
+    if fusable(ctx):
         net.optimize_for(mx.nd.zeros((batch_size, 3, INPUT_SIZE, INPUT_SIZE), ctx=ctx), backend="MKLDNN",
                          static_alloc=True, static_shape=True)
     else:
