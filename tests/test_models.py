@@ -12,10 +12,12 @@ from hackathon.train.models import build_ssd
 from hackathon.train.weights import KitError, mobilenetv2_params
 
 CLASSES = ["fish", "shark", "jellyfish"]
-# Anchors per input: feature maps 32,16,8,4,2,1 (512) and 19,10,5,3,2,1 (300), 4 or 6 anchors a cell.
-FIRST_MAP = {512: 32 * 32 * 4, 300: 19 * 19 * 4}
-N_ANCHORS = {512: FIRST_MAP[512] + 16 * 16 * 6 + 8 * 8 * 6 + 4 * 4 * 6 + 2 * 2 * 4 + 1 * 4,
-             300: FIRST_MAP[300] + 10 * 10 * 6 + 5 * 5 * 6 + 3 * 3 * 6 + 2 * 2 * 4 + 1 * 4}
+# Anchors per input: feature maps 64,32,16,8,4,2,1 (512) and 38,19,10,5,3,2,1 (300), 4 or 6 anchors a
+# cell; with first_stride=16 (the layout of older runs) the stride-8 map is not there.
+FIRST_MAP = {512: 64 * 64 * 4, 300: 38 * 38 * 4}
+STRIDE16 = {512: 32 * 32 * 4 + 16 * 16 * 6 + 8 * 8 * 6 + 4 * 4 * 6 + 2 * 2 * 4 + 1 * 4,
+            300: 19 * 19 * 4 + 10 * 10 * 6 + 5 * 5 * 6 + 3 * 3 * 6 + 2 * 2 * 4 + 1 * 4}
+N_ANCHORS = {k: FIRST_MAP[k] + STRIDE16[k] for k in FIRST_MAP}
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +57,12 @@ def test_backbone_holds_torchvisions_weights(ssd512, cache_dir):
 
 
 def assert_first_map_covers_input(anchors, data_shape):
-    """The stride-16 map's anchor centers must span the input, not bunch up in a corner."""
-    centers = anchors.asnumpy()[0, :FIRST_MAP[data_shape], :2]  # (cx, cy) in input pixels
+    """The first map's anchor centers must span the input, not bunch up in a corner, and be its smallest."""
+    first = anchors.asnumpy()[0, :FIRST_MAP[data_shape]]
+    centers = first[:, :2]  # (cx, cy) in input pixels
     assert centers.min() < 0.05 * data_shape and centers.max() > 0.95 * data_shape
+    rest = anchors.asnumpy()[0, FIRST_MAP[data_shape]:]
+    assert first[:, 2:].prod(axis=1).min() < rest[:, 2:].prod(axis=1).min()
 
 
 def test_300_input_has_its_own_anchor_layout():
@@ -66,6 +71,17 @@ def test_300_input_has_its_own_anchor_layout():
         cls_preds, _, anchors = net(mx.nd.zeros((1, 3, 300, 300)))
     assert cls_preds.shape == (1, N_ANCHORS[300], 2)
     assert_first_map_covers_input(anchors, 300)
+
+
+def test_first_stride_16_is_the_layout_before_the_stride_8_map():
+    net = build_ssd(["fish"], data_shape=300, pretrained_base=False, first_stride=16)
+    with autograd.train_mode():
+        cls_preds, _, anchors = net(mx.nd.zeros((1, 3, 300, 300)))
+    assert cls_preds.shape == (1, STRIDE16[300], 2)
+    centers = anchors.asnumpy()[0, :19 * 19 * 4, :2]
+    assert centers.min() < 0.05 * 300 and centers.max() > 0.95 * 300
+    with pytest.raises(KitError, match="first_stride 4.*8, 16"):
+        build_ssd(["fish"], data_shape=300, pretrained_base=False, first_stride=4)
 
 
 def test_checkpoint_of_one_net_loads_into_another_built_later(ssd512, tmp_path):

@@ -319,14 +319,35 @@ def test_resume_honours_every_flag_it_can_and_names_each_it_cannot(data, tmp_pat
     before = (run / "state.json").read_text()
     result = CliRunner().invoke(cli, ["train", str(data), "--resume", str(run), "--epochs", "3", "--data-shape", "512",
                                       "--model", "ssd_300_mobilenet0.25_custom", "--optimizer", "sgd",
-                                      "--no-pretrained"])
+                                      "--no-pretrained", "--first-stride", "16"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     for said in ("--data-shape 512: the run was trained at 300x300", "--model ssd_300_mobilenet0.25_custom: the run "
                  "is a ssd_mobilenetv2", "--optimizer sgd: the run's saved optimizer state is adam's",
                  "--no-pretrained: the run continues from its own trained weights",
-                 "Fix: drop --data-shape, --model, --optimizer, --no-pretrained"):
+                 "--first-stride 16: the run's weights are for a first feature map of stride 8",
+                 "Fix: drop --data-shape, --model, --optimizer, --no-pretrained, --first-stride"):
         assert said in result.output, said
     assert (run / "state.json").read_text() == before
+
+
+def test_a_run_made_before_first_stride_existed_exports_and_resumes_with_its_own_layout(data, tmp_path):
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, train_args(data, run, "--epochs", "1", "--first-stride", "16", "--no-pretrained"))
+    assert result.exit_code == 0, result.output
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["train"]["first_stride"] == 16
+    del config["train"]["first_stride"]  # config.yaml as the kit wrote it before the stride-8 map
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output  # stride-8 weights would not load: the run's own layout is used
+    result = CliRunner().invoke(cli, ["train", str(data), "--resume", str(run), "--epochs", "2", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["first_stride"] == 16
+
+    config["train"]["first_stride"] = 4  # a config key edited by hand: one line naming the flag
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(cli, ["train", str(data), "--resume", str(run), "--epochs", "3", "--workers", "0"])
+    assert result.exit_code == 1 and "--first-stride 4: takes 8 or 16" in result.output, result.output
 
 
 def RunDirRows(run):

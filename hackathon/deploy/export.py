@@ -79,7 +79,7 @@ def export_run(run_path, out, weights="best"):
     if not params.is_file():
         raise KitError(f"{display(params)}: missing; the run has not finished an epoch. Fix: train at least one "
                        "epoch, or export --weights last.")
-    cfg = TrainConfig(**{**config["train"], "pretrained": False})
+    cfg = TrainConfig.saved(config["train"], pretrained=False)
     classes = list(config["classes"])
     net = build_net(cfg, classes, mx.cpu())
     try:

@@ -428,7 +428,7 @@ def fine_tune(run, pseudo, out_run, minutes, started, progress=False):
     for `minutes` of wall clock at SELF_TRAIN_LR of its learning rate (cosine to the end), into a
     run folder `out_run` (config.yaml + best.params) that `hack export` reads. Returns the epochs."""
     import time
-    from dataclasses import asdict, fields, replace
+    from dataclasses import asdict, replace
 
     import mxnet as mx
     import yaml
@@ -441,8 +441,7 @@ def fine_tune(run, pseudo, out_run, minutes, started, progress=False):
 
     run = RunDir.open(run)
     config = run.read_config()
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in config["train"].items() if k in known})
+    cfg = TrainConfig.saved(config["train"])
     data = DataDir(run.data_path().resolve())
     cfg = replace(cfg, data=str(data.path), out=str(out_run), lr=cfg.lr * SELF_TRAIN_LR, warmup_epochs=0.0,
                   epochs=0, patience=0, max_minutes=float(minutes), gpus="", cpus=0, kvstore="device", amp=False,

@@ -44,6 +44,28 @@ CONFIGS = {
     300: dict(num_filters=[512, 256, 256, 128], sizes=[21, 45, 99, 153, 207, 261, 315],
               ratios=_RATIOS, steps=[16, 30, 60, 100, 150, 300]),
 }
+# The finest map SSD predicts from. Most boxes of a phone photo of a tank are small (sqrt(area)
+# under a tenth of the side: under 30 px at 300), and a stride-16 map's smallest anchor is 21 px.
+# Stride 8 adds block 6's 1x1 expansion after ReLU6 (192 channels; 38x38 at 300, 64x64 at 512)
+# with anchors of half the first size. On the aquarium set, 10 minutes on 2 cores at 300 (the
+# kit's default otherwise): held-out mAP@0.5 0.115 -> 0.149, simulated other camera 0.051 -> 0.067
+# (bench/RESULTS.md). 16 is the layout of runs made before (their config.yaml has no first_stride).
+FIRST_STRIDES = (8, 16)
+STRIDE8_FEATURE = "features_linearbottleneck6_relu60_relu6"
+STRIDE8_SIZE = {300: 10, 512: 25.6}
+
+
+def layout(data_shape, first_stride=8):
+    """SSD's keyword arguments (features, num_filters, sizes, ratios, steps) for this input size."""
+    if data_shape not in CONFIGS:
+        raise KitError(f"data_shape {data_shape} has no anchor layout. Fix: use one of {sorted(CONFIGS)}")
+    if first_stride not in FIRST_STRIDES:
+        raise KitError(f"first_stride {first_stride} has no anchor layout. Fix: use one of {list(FIRST_STRIDES)}")
+    base = dict(CONFIGS[data_shape], features=list(FEATURES))
+    if first_stride == 8:
+        base.update(features=[STRIDE8_FEATURE] + base["features"], sizes=[STRIDE8_SIZE[data_shape]] + base["sizes"],
+                    ratios=[[1, 2, 0.5]] + base["ratios"], steps=[8] + base["steps"])
+    return base
 
 
 def build_backbone(pretrained=True, ctx=None, cache_dir=None):
@@ -58,7 +80,7 @@ def build_backbone(pretrained=True, ctx=None, cache_dir=None):
     return net
 
 
-def build_ssd(classes, data_shape=512, pretrained_base=True, ctx=None, cache_dir=None):
+def build_ssd(classes, data_shape=512, pretrained_base=True, ctx=None, cache_dir=None, first_stride=8):
     """An initialized SSD detector for ``classes`` on a MobileNetV2 backbone.
 
     Parameters
@@ -74,6 +96,8 @@ def build_ssd(classes, data_shape=512, pretrained_base=True, ctx=None, cache_dir
         Where the parameters live (default CPU).
     cache_dir : str or Path, optional
         Where the converted backbone ``.params`` is cached (default ``$MXNET_HOME/models``).
+    first_stride : {8, 16}
+        The finest feature map predicted from (8: for small objects; 16: the layout before).
 
     Returns
     -------
@@ -83,15 +107,14 @@ def build_ssd(classes, data_shape=512, pretrained_base=True, ctx=None, cache_dir
     """
     from gluoncv.model_zoo.ssd import SSD
 
-    if data_shape not in CONFIGS:
-        raise KitError(f"data_shape {data_shape} has no anchor layout. Fix: use one of {sorted(CONFIGS)}")
+    kwargs = layout(data_shape, first_stride)
     ctx = ctx or mx.cpu()
     backbone = build_backbone(pretrained_base, ctx=ctx, cache_dir=cache_dir)
     with warnings.catch_warnings():
         # SymbolBlock cannot infer the input's dtype before the first batch: harmless.
         warnings.filterwarnings("ignore", message="Cannot decide type", category=UserWarning)
-        net = SSD(backbone, data_shape, features=FEATURES, classes=list(classes), pretrained=False,
-                  ctx=ctx, prefix=SSD_PREFIX, **CONFIGS[data_shape])
+        net = SSD(backbone, data_shape, classes=list(classes), pretrained=False, ctx=ctx, prefix=SSD_PREFIX,
+                  **kwargs)
     with warnings.catch_warnings():
         # Pretrained backbone parameters are kept: initialize() fills only the new layers.
         warnings.filterwarnings("ignore", message=".*is already initialized", category=UserWarning)
@@ -102,7 +125,8 @@ def build_ssd(classes, data_shape=512, pretrained_base=True, ctx=None, cache_dir
 def build_net(cfg, classes, ctx):
     """The detector: the kit's SSD on MobileNetV2, or a GluonCV ``*_custom`` preset."""
     if cfg.model == DEFAULT_MODEL:
-        return build_ssd(classes, data_shape=cfg.data_shape, pretrained_base=cfg.pretrained, ctx=ctx)
+        return build_ssd(classes, data_shape=cfg.data_shape, pretrained_base=cfg.pretrained, ctx=ctx,
+                         first_stride=cfg.first_stride)
     if cfg.model not in PRESET_BASES:
         raise KitError(f"--model {cfg.model}: unknown. Fix: {DEFAULT_MODEL} (the default) or one of "
                        f"{', '.join(sorted(PRESET_BASES))}.")
