@@ -3,7 +3,8 @@
 On ../shared/data/aquarium-scene-a (200 labelled photos): a workspace gets --first photos with
 their labels (a seeded random pick) and the others without; it is packed and trained the
 README's way (`hack pack photos --out data`, `hack train data --out run --max-minutes M`), then
-`hack prefill run` pre-fills the photos without labels. Each pre-filled file is compared with the
+`hack prefill run` pre-fills the photos without labels (once with `--tiles 0`, the photo seen once,
+and once with the kit's default views, on the same model). Each pre-filled file is compared with the
 photo's true labels (hidden from the kit until then):
 
     keep    a machine box on a true box of its class with IoU >= 0.7: no action
@@ -102,12 +103,17 @@ def round_(ws, n, minutes, hidden, seed):
         photo.with_suffix(".json").unlink(missing_ok=True)
     hack("--project", ws, "pack", ws / "photos", "--out", data, "--seed", seed)
     hack("--project", ws, "train", data, "--out", run, "--max-minutes", minutes, "--seed", seed)
-    hack("--project", ws, "prefill", run)
-    result = measure(ws / "photos", hidden)
-    print(f"round {n}: {result['photos']} photos pre-filled, {result['truth']} true boxes; keep {result['keep']}, "
-          f"fix {result['fix']}, delete {result['delete']}, add {result['add']}: {result['actions']} actions "
-          f"against {result['truth']} from scratch, {100 * result['saved']:.1f}% saved", flush=True)
-    return result
+    results = {}
+    for name, extra in (("tiles 0", ["--tiles", "0"]), ("default", [])):  # the photo once, then the kit's views
+        for photo in hidden:
+            photo.with_suffix(".json").unlink(missing_ok=True)
+        hack("--project", ws, "prefill", run, *extra)
+        result = results[name] = measure(ws / "photos", hidden)
+        print(f"round {n} ({name}): {result['photos']} photos pre-filled, {result['truth']} true boxes; keep "
+              f"{result['keep']}, fix {result['fix']}, delete {result['delete']}, add {result['add']}: "
+              f"{result['actions']} actions against {result['truth']} from scratch, {100 * result['saved']:.1f}% saved",
+              flush=True)
+    return {**results["default"], "tiles0": results["tiles 0"]}
 
 
 def main(argv=None):
@@ -148,6 +154,8 @@ def main(argv=None):
     (WORK / "results.json").write_text(json.dumps(results, indent=2))
     for n, r in enumerate(results["rounds"], 1):
         print(f"RATIO prefill_actions_saved_round{n} {r['saved']:.3f}")
+    for n, r in enumerate(results["rounds"], 1):  # the same model, the photo seen once
+        print(f"RATIO prefill_actions_saved_round{n}_tiles0 {r['tiles0']['saved']:.3f}")
 
 
 if __name__ == "__main__":

@@ -582,9 +582,12 @@ def predict_cmd(export, images, out, threshold, keep, precision, benchmark):
 @click.argument("photos", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--threshold", type=click.FloatRange(0, 1),
               help="One score threshold for every class (default: per class, the one saving the most actions on the run's val photos).")
+@click.option("--tiles", default=2, show_default=True, type=click.IntRange(0, 4),
+              help="The model also sees the mirrored photo and an N x N grid of overlapping tiles (small objects "
+                   "larger), and their boxes are fused; 0: the photo once.")
 @click.option("--dry-run", is_flag=True, help="Say what would be written; write nothing.")
 @click.pass_context
-def prefill_cmd(ctx, model, photos, threshold, dry_run):
+def prefill_cmd(ctx, model, photos, threshold, tiles, dry_run):
     """Let MODEL (a run folder or an export) draw its boxes into labelme; the team only corrects.
 
     PHOTOS (files or folders) default to the workspace's photos without labels (no JSON, or
@@ -597,7 +600,8 @@ def prefill_cmd(ctx, model, photos, threshold, dry_run):
     Thresholds: per class, the score that saves the most actions on the run's val.rec (each box
     kept: +1 if right as it is, IoU >= 0.7; 0 if it needs a fix; -1 if it must be deleted); for a
     class with fewer than 5 val boxes, that of all classes pooled; a class where no threshold saves
-    anything is left out; 0.5 for all when the run's val data is not found.
+    anything is left out; 0.5 for all when the run's val data is not found. Boxes come from several
+    views of each photo, fused (--tiles), on val as on the photos.
 
     \b
     Example (the loop):
@@ -625,10 +629,10 @@ def prefill_cmd(ctx, model, photos, threshold, dry_run):
             thresholds = {c: threshold for c in m.detector.classes}
             click.echo(f"threshold {threshold} for every class (--threshold)")
         else:
-            thresholds, how = choose_thresholds(m.detector, m.val_rec, progress=True)
+            thresholds, how = choose_thresholds(m.detector, m.val_rec, progress=True, tiles=tiles)
             click.echo("thresholds: " + "; ".join(f"{c} {thresholds[c]:.2f} ({how[c]})" if thresholds[c] <= 1 else
                                                   f"{c} off ({how[c]})" for c in m.detector.classes))
-        summary = prefill_photos(m.detector, paths, thresholds, m.name, dry_run=dry_run)
+        summary = prefill_photos(m.detector, paths, thresholds, m.name, dry_run=dry_run, tiles=tiles)
     finally:
         m.close()
     for path, why in summary.skipped[:10]:

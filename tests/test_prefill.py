@@ -158,7 +158,7 @@ def test_merging_into_a_labelled_photo_keeps_its_boxes_and_a_backup(tmp_path):
     json_path = labelme_json(photos[0], mine)
     before = json_path.read_bytes()
     det = StubDetector([fish(0.9), fish(0.8, STRAY, "fish"), fish(0.7, (5, 5, 30, 30), "shark")])
-    summary = prefill_photos(det, photos, {"fish": 0.5, "shark": 0.5}, "stub", progress=False)
+    summary = prefill_photos(det, photos, {"fish": 0.5, "shark": 0.5}, "stub", progress=False, tiles=0)
     assert summary.written == [json_path] and summary.dropped == 1 and summary.boxes == {"fish": 1, "shark": 1}
     d = json.loads(json_path.read_text())
     assert d["shapes"][:2] == mine  # untouched, first
@@ -215,21 +215,21 @@ def test_thresholds_save_the_most_actions_on_val(tmp_path):
     # box at 0.5 (a delete: -1); the sums are 6, 6, 0 from the top: 0.6 (the first of the highest)
     loose = (40, 50, 160 + 60, 150)  # IoU 120/180 with the object
     det = StubDetector([fish(0.6), fish(0.55, loose), fish(0.5, STRAY), fish(0.2, STRAY, "shark")])
-    thresholds, how = choose_thresholds(det, rec)
+    thresholds, how = choose_thresholds(det, rec, tiles=0)
     assert thresholds == {"fish": 0.6, "shark": 0.6}  # no shark on val: all classes pooled
     assert how["fish"] == "saves 6 action(s) on 6 val boxes" and how["shark"] == "0 val box(es), all classes pooled"
     assert choose_thresholds(det, None)[0] == {"fish": 0.5, "shark": 0.5}
     # a stray box scoring above the true one: the best sum is 0 (-1 +1), so the class is off
-    thresholds, _ = choose_thresholds(StubDetector([fish(0.7, STRAY), fish(0.4), fish(0.3, STRAY)]), rec)
+    thresholds, _ = choose_thresholds(StubDetector([fish(0.7, STRAY), fish(0.4), fish(0.3, STRAY)]), rec, tiles=0)
     assert thresholds["fish"] == OFF
     # a model that finds no fish on val draws none: every box would be a delete
     blind = StubDetector([fish(0.9, STRAY), fish(0.8, STRAY, "shark")])
-    thresholds, how = choose_thresholds(blind, rec)
+    thresholds, how = choose_thresholds(blind, rec, tiles=0)
     assert thresholds == {"fish": OFF, "shark": OFF}
     assert how["fish"] == "costs more actions than it saves on 6 val boxes"
     ws, photos = workspace_with(tmp_path, ["a", "b"])
     labelme_json(photos[0], [rect("fish", *OBJECT)])
-    summary = prefill_photos(blind, photos, thresholds, "blind", progress=False)
+    summary = prefill_photos(blind, photos, thresholds, "blind", progress=False, tiles=0)
     assert summary.boxes == {} and summary.skipped == [(photos[1], "no box above its class threshold")]
     assert not photos[1].with_suffix(".json").exists()  # still a photo to label, not an empty "pre-filled" one
     assert json.loads(photos[0].with_suffix(".json").read_text())[PREFILL_KEY]["thresholds"] == {"fish": None,
@@ -265,9 +265,9 @@ def test_label_order_uncertain_needs_a_model_and_puts_doubtful_photos_first(tmp_
 
     det = StubDetector([fish(0.5), fish(0.95, STRAY)])
     sure = StubDetector([fish(0.99)])
-    ranked = uncertainty_order(det, photos, {"fish": 0.5, "shark": 0.5}, progress=False)
+    ranked = uncertainty_order(det, photos, {"fish": 0.5, "shark": 0.5}, progress=False, tiles=0)
     assert ranked[0][1] == pytest.approx(1 + (1 - 0.45 / 0.5))
-    assert uncertainty_order(sure, photos[:1], {"fish": 0.5}, progress=False)[0][1] < ranked[0][1]
+    assert uncertainty_order(sure, photos[:1], {"fish": 0.5}, progress=False, tiles=0)[0][1] < ranked[0][1]
     result = CliRunner().invoke(cli, ["--project", str(ws.root), "label", "--order", "uncertain", "--model",
                                       str(export_dir), "--print-command"])
     assert result.exit_code == 0, result.output
@@ -277,7 +277,63 @@ def test_label_order_uncertain_needs_a_model_and_puts_doubtful_photos_first(tmp_
 def test_boxes_check_would_reject_are_not_written(tmp_path):
     ws, photos = workspace_with(tmp_path, ["a"])
     det = StubDetector([fish(0.9), fish(0.9, (10, 10, 10.5, 80)), fish(0.9, (10, 10, 80, 10.4), "shark")])
-    summary = prefill_photos(det, photos, {"fish": 0.5, "shark": 0.5}, "stub", progress=False)
+    summary = prefill_photos(det, photos, {"fish": 0.5, "shark": 0.5}, "stub", progress=False, tiles=0)
     assert summary.boxes == {"fish": 1}
     report = check_labels([ws.photos_dir], CLASSES)
     assert report.errors == [] and [len(it.boxes) for it in report.items] == [1]
+
+
+class BrightObjectDetector:
+    """A detector that really looks: in each image it is given (the photo, its mirror, a tile), every
+    white blob at least `min_frac` of that image's width is a fish at score 0.8, boxed exactly."""
+    classes = CLASSES
+
+    def __init__(self, min_frac=0.0):
+        self.min_frac = min_frac
+
+    def detect(self, image, threshold=0.01):
+        return self.detect_many([image], threshold)[0]
+
+    def detect_many(self, images, threshold=0.01):
+        import cv2
+
+        out = []
+        for im in images:
+            mask = (np.asarray(im.convert("L")) > 200).astype(np.uint8)
+            n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+            out.append([fish(0.8, (x, y, x + w, y + h)) for x, y, w, h, _ in stats[1:n]
+                        if w >= self.min_frac * im.size[0] and 0.8 >= threshold])
+        return out
+
+
+def blobs(boxes, size=(320, 240)):
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", size, (40, 60, 90))
+    for b in boxes:
+        ImageDraw.Draw(im).rectangle([b[0], b[1], b[2] - 1, b[3] - 1], fill=(255, 255, 255))
+    return im
+
+
+def test_fused_views_box_each_object_once_where_it_is():
+    from hackathon.deploy.prefill import detect_fused, tile_regions
+
+    assert tile_regions(320, 240, 2) == [(0, 0, 192, 144), (128, 0, 320, 144), (0, 96, 192, 240), (128, 96, 320, 240)]
+    # one object inside a tile, one across the line where the first tile is cut (x = 192), one on the border
+    truth = [(20, 20, 60, 50), (150, 30, 250, 80), (270, 180, 320, 240)]
+    found = detect_fused(BrightObjectDetector(), blobs(truth), tiles=2)
+    assert sorted(tuple(r["bbox"]) for r in found) == sorted(truth)  # the mirror undone, the cut tile's half dropped
+    assert all(r["score"] == pytest.approx(0.8) for r in found)  # every view that sees all of it found it
+    assert detect_fused(BrightObjectDetector(), blobs(truth), tiles=0) == BrightObjectDetector().detect(blobs(truth))
+
+
+def test_a_small_object_only_the_tiles_see_is_kept_at_a_discounted_score():
+    from hackathon.deploy.prefill import detect_fused
+
+    small = (30, 30, 70, 60)  # 40 px: 1/8 of the photo's width, 1/4.8 of a tile's
+    det = BrightObjectDetector(min_frac=0.15)
+    assert det.detect(blobs([small])) == []  # the photo seen once: missed
+    found = detect_fused(det, blobs([small]), tiles=2)
+    assert [tuple(r["bbox"]) for r in found] == [small]
+    assert found[0]["score"] == pytest.approx(0.8 / 3, abs=1e-6)  # found by 1 of the 3 views that hold it (photo, mirror, tile)
+    assert detect_fused(det, blobs([small]), threshold=0.3, tiles=2) == []

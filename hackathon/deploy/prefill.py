@@ -17,6 +17,9 @@ pooled. A class whose best sum is not above 0 is switched off (no machine boxes)
 more actions there than it saves. Without the run's val data every class gets
 ``DEFAULT_THRESHOLD``. ``--threshold`` overrides them all.
 
+Boxes come from several views of each photo (``detect_fused``): the photo, its mirror and a grid
+of overlapping tiles, in which small objects are seen larger; thresholds see the same views.
+
 Example::
 
     >>> model = open_model("run")                          # a run folder (exported to a temp folder) or an export
@@ -43,6 +46,12 @@ KEEP_IOU = 0.7  # a machine box this close to the true one is kept as it is
 MIN_BOX_PX = 1.0  # thinner is no object: `hack check` would reject the file
 SCORE_FLOOR = 0.05  # lower scores are never a box worth showing a person
 BACKUP_DIR = ".prefill-backup"  # beside the photos; hidden, so labelme, check and pack skip it
+# Views the model sees each photo in (detect_fused): the photo, its mirror, and an N x N grid of
+# overlapping tiles, in which small objects are seen larger; their boxes are fused.
+DEFAULT_TILES = 2
+TILE_OVERLAP = 1 / 3  # of a tile's side
+CUT_EDGE = 0.02  # a tile's box this close to a side the tile cuts through (of its size) is a cut object
+FUSE_IOU = 0.55  # boxes of one class from different views this close are one object
 
 
 @dataclass
@@ -99,7 +108,7 @@ def _val_rec(run):
     return None
 
 
-def choose_thresholds(detector, val_rec=None, progress=False):
+def choose_thresholds(detector, val_rec=None, progress=False, tiles=DEFAULT_TILES):
     """({class: threshold}, {class: how it was chosen}): per class, the score that saves the most
     actions on `val_rec` (see the module docstring)."""
     classes = list(detector.classes)
@@ -119,7 +128,7 @@ def choose_thresholds(detector, val_rec=None, progress=False):
         truth = [(classes[int(k)], b) for k, b in zip(ids, boxes)]
         n_true.update(c for c, _ in truth)
         taken = set()
-        for r in detector.detect(Image.fromarray(img), threshold=SCORE_FLOOR):  # best first
+        for r in detect_fused(detector, Image.fromarray(img), SCORE_FLOOR, tiles):  # best first
             best, best_iou = None, MATCH_IOU
             for j, (c, b) in enumerate(truth):
                 if c == r["label"] and j not in taken:
@@ -154,6 +163,67 @@ def _most_saved(scored):
     return (float(scored[k][0]), int(gains[k])) if gains[k] > 0 else (None, 0)
 
 
+def tile_regions(w, h, tiles):
+    """[(x0, y0, x1, y1)]: an N x N grid of tiles of a w x h photo, neighbours overlapping by
+    TILE_OVERLAP of a tile's side (none for tiles < 2)."""
+    if tiles < 2:
+        return []
+    tw, th = w / (tiles - (tiles - 1) * TILE_OVERLAP), h / (tiles - (tiles - 1) * TILE_OVERLAP)
+    xs = [round(i * (w - tw) / (tiles - 1)) for i in range(tiles)]
+    ys = [round(j * (h - th) / (tiles - 1)) for j in range(tiles)]
+    return [(x, y, min(w, round(x + tw)), min(h, round(y + th))) for y in ys for x in xs]
+
+
+def detect_fused(detector, image, threshold=SCORE_FLOOR, tiles=DEFAULT_TILES):
+    """`detector.detect` rows of an upright PIL image, seen whole, mirrored and (tiles >= 2) in an
+    N x N grid of overlapping tiles, fused: best first, score >= `threshold`.
+
+    Tile boxes that touch a side the tile cuts through are dropped (a cut object). The rest, by score,
+    join the first group of their class whose fused box they overlap at IoU >= FUSE_IOU and that
+    has no box of their view yet. A group's box is the score-weighted mean of its boxes (several
+    views place the corners more exactly than one), its score the sum of its scores over the views
+    that see all of the box: an object every view finds keeps its score, one a single view finds
+    is discounted. With tiles=0 the photo is seen once, as `detector.detect` sees it."""
+    if tiles < 1:
+        return detector.detect(image, threshold=threshold)
+    from PIL import Image as PILImage
+
+    w, h = image.size
+    regions = [(0, 0, w, h), (0, 0, w, h)] + tile_regions(w, h, tiles)
+    crops = [image, image.transpose(PILImage.FLIP_LEFT_RIGHT)] + [image.crop(r) for r in regions[2:]]
+    found = []  # (score, label, box in photo pixels, view)
+    for v, (rows, (x0, y0, x1, y1)) in enumerate(zip(detector.detect_many(crops, SCORE_FLOOR), regions)):
+        cut = CUT_EDGE * (x1 - x0), CUT_EDGE * (y1 - y0)
+        for r in rows:
+            b = list(r["bbox"])
+            if v == 1:
+                b = [w - b[2], b[1], w - b[0], b[3]]
+            elif v >= 2:
+                if (x0 > 0 and b[0] < cut[0]) or (y0 > 0 and b[1] < cut[1]) or \
+                        (x1 < w and b[2] > x1 - x0 - cut[0]) or (y1 < h and b[3] > y1 - y0 - cut[1]):
+                    continue
+                b = [b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0]
+            found.append((r["score"], r["label"], b, v))
+    groups = []  # [label, [(score, box, view)], fused box]
+    for score, label, box, v in sorted(found, key=lambda f: -f[0]):
+        for g in groups:
+            if g[0] == label and all(m[2] != v for m in g[1]) and _iou(g[2], box) >= FUSE_IOU:
+                g[1].append((score, box, v))
+                weights = np.array([m[0] for m in g[1]])
+                g[2] = list(np.average(np.array([m[1] for m in g[1]]), axis=0, weights=weights))
+                break
+        else:
+            groups.append([label, [(score, box, v)], list(box)])
+    out = []
+    for label, members, box in groups:
+        seen_by = sum(1 for (x0, y0, x1, y1) in regions
+                      if box[0] >= x0 - 1 and box[1] >= y0 - 1 and box[2] <= x1 + 1 and box[3] <= y1 + 1)
+        score = min(1.0, sum(m[0] for m in members) / max(seen_by, 1))
+        if score >= threshold:
+            out.append({"label": label, "score": round(float(score), 6), "bbox": [round(float(c), 2) for c in box]})
+    return sorted(out, key=lambda r: -r["score"])
+
+
 def _iou(a, b):
     from labeling.labelme_io import box_iou
 
@@ -185,7 +255,8 @@ class PrefillSummary:
                 f"{len(self.skipped)} skipped, {len(self.failed)} failed")
 
 
-def prefill_photos(detector, photos, thresholds, model_name, dry_run=False, progress=True) -> PrefillSummary:
+def prefill_photos(detector, photos, thresholds, model_name, dry_run=False, progress=True,
+                   tiles=DEFAULT_TILES) -> PrefillSummary:
     """Write (or, with `dry_run`, only count) the machine boxes of each photo into its labelme JSON.
     One bad photo or JSON is listed in `failed` and the others are still done."""
     from tqdm import tqdm
@@ -193,11 +264,11 @@ def prefill_photos(detector, photos, thresholds, model_name, dry_run=False, prog
     summary = PrefillSummary(photos=len(photos))
     record = {"model": model_name, "classes": list(detector.classes),
               "thresholds": {c: None if t == OFF else round(float(t), 4) for c, t in thresholds.items()},
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "tiles": int(tiles), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     floor = max(min(thresholds.values()), 0.0) if thresholds else DEFAULT_THRESHOLD
     for photo in tqdm(list(photos), desc="prefill", unit="photo", disable=not progress):
         try:
-            done = _prefill_one(detector, Path(photo), thresholds, floor, record, dry_run, summary)
+            done = _prefill_one(detector, Path(photo), thresholds, floor, record, dry_run, summary, tiles)
         except KitError as e:
             summary.failed.append((photo, str(e)))
             continue
@@ -206,7 +277,7 @@ def prefill_photos(detector, photos, thresholds, model_name, dry_run=False, prog
     return summary
 
 
-def _prefill_one(detector, photo, thresholds, floor, record, dry_run, summary):
+def _prefill_one(detector, photo, thresholds, floor, record, dry_run, summary, tiles=DEFAULT_TILES):
     from labeling.labelme_io import REVIEWED_FLAG, merge_machine_boxes, new_labelme_document, read_labelme
     from labeling.photos import open_upright
 
@@ -223,7 +294,7 @@ def _prefill_one(detector, photo, thresholds, floor, record, dry_run, summary):
     if doc is not None and (doc.get("imageWidth"), doc.get("imageHeight")) not in ((w, h), (None, None)):
         raise KitError(f"{display(json_path)}: says {doc.get('imageWidth')}x{doc.get('imageHeight')} but the upright "
                        f"photo is {w}x{h}. Fix: `hack check` says why; label this photo again.")
-    rows = [r for r in detector.detect(image, threshold=floor) if r["score"] >= thresholds.get(r["label"], 1.1)
+    rows = [r for r in detect_fused(detector, image, floor, tiles) if r["score"] >= thresholds.get(r["label"], 1.1)
             and min(r["bbox"][2] - r["bbox"][0], r["bbox"][3] - r["bbox"][1]) >= MIN_BOX_PX]
     if doc is None and not rows:
         summary.skipped.append((photo, "no box above its class threshold"))
@@ -239,7 +310,7 @@ def _prefill_one(detector, photo, thresholds, floor, record, dry_run, summary):
     return json_path
 
 
-def uncertainty_order(detector, photos, thresholds, progress=True):
+def uncertainty_order(detector, photos, thresholds, progress=True, tiles=DEFAULT_TILES):
     """[(photo, uncertainty)], the photos the model is least sure of first, unreadable ones left out.
 
     A box's doubt is 1 at its class threshold and falls to 0 at score 0 or 1; a photo's is the sum
@@ -255,7 +326,7 @@ def uncertainty_order(detector, photos, thresholds, progress=True):
         except KitError:
             continue
         doubt = 0.0
-        for r in detector.detect(image, threshold=SCORE_FLOOR):
+        for r in detect_fused(detector, image, SCORE_FLOOR, tiles):
             t = thresholds.get(r["label"], DEFAULT_THRESHOLD)
             if t <= 1:  # a class switched off says nothing about the photo
                 doubt += 1 - abs(r["score"] - t) / max(t, 1 - t)
