@@ -12,10 +12,11 @@ from hackathon.train.models import build_ssd
 from hackathon.train.weights import KitError, mobilenetv2_params
 
 CLASSES = ["fish", "shark", "jellyfish"]
-# Anchors per input: feature maps 64,32,16,8,4,2,1 (512) and 38,19,10,5,3,2,1 (300), 4 or 6 anchors a
-# cell; with first_stride=16 (the layout of older runs) the stride-8 map is not there.
-FIRST_MAP = {512: 64 * 64 * 4, 300: 38 * 38 * 4}
+# Anchors per input: feature maps 64,32,16,8,4,2,1 (512), 48,24,12,6,3,2,1 (384) and 38,19,10,5,3,2,1
+# (300), 4 or 6 anchors a cell; with first_stride=16 (the layout of older runs) the stride-8 map is not there.
+FIRST_MAP = {512: 64 * 64 * 4, 384: 48 * 48 * 4, 300: 38 * 38 * 4}
 STRIDE16 = {512: 32 * 32 * 4 + 16 * 16 * 6 + 8 * 8 * 6 + 4 * 4 * 6 + 2 * 2 * 4 + 1 * 4,
+            384: 24 * 24 * 4 + 12 * 12 * 6 + 6 * 6 * 6 + 3 * 3 * 6 + 2 * 2 * 4 + 1 * 4,
             300: 19 * 19 * 4 + 10 * 10 * 6 + 5 * 5 * 6 + 3 * 3 * 6 + 2 * 2 * 4 + 1 * 4}
 N_ANCHORS = {k: FIRST_MAP[k] + STRIDE16[k] for k in FIRST_MAP}
 
@@ -65,12 +66,19 @@ def assert_first_map_covers_input(anchors, data_shape):
     assert first[:, 2:].prod(axis=1).min() < rest[:, 2:].prod(axis=1).min()
 
 
-def test_300_input_has_its_own_anchor_layout():
-    net = build_ssd(["fish"], data_shape=300, pretrained_base=False)
+@pytest.mark.parametrize("data_shape", [300, 384])
+def test_smaller_inputs_have_their_own_anchor_layout(data_shape):
+    net = build_ssd(["fish"], data_shape=data_shape, pretrained_base=False)
     with autograd.train_mode():
-        cls_preds, _, anchors = net(mx.nd.zeros((1, 3, 300, 300)))
-    assert cls_preds.shape == (1, N_ANCHORS[300], 2)
-    assert_first_map_covers_input(anchors, 300)
+        cls_preds, _, anchors = net(mx.nd.zeros((1, 3, data_shape, data_shape)))
+    assert cls_preds.shape == (1, N_ANCHORS[data_shape], 2)
+    assert_first_map_covers_input(anchors, data_shape)
+    # the stride-16 map's anchor centers span the input too (its step is its real stride)
+    a = anchors.asnumpy()[0]
+    start = FIRST_MAP[data_shape]
+    n16 = -(-data_shape // 16)
+    second = a[start:start + n16 * n16 * 4, :2]
+    assert second.min() < 0.05 * data_shape and second.max() > 0.9 * data_shape
 
 
 def test_first_stride_16_is_the_layout_before_the_stride_8_map():
@@ -95,5 +103,5 @@ def test_checkpoint_of_one_net_loads_into_another_built_later(ssd512, tmp_path):
 
 
 def test_unknown_input_size_is_a_kit_error():
-    with pytest.raises(KitError, match="data_shape 416.*300, 512"):
+    with pytest.raises(KitError, match="data_shape 416.*300, 384, 512"):
         build_ssd(["fish"], data_shape=416, pretrained_base=False)

@@ -43,6 +43,9 @@ CONFIGS = {
               ratios=_RATIOS, steps=[16, 32, 64, 128, 256, 512]),
     300: dict(num_filters=[512, 256, 256, 128], sizes=[21, 45, 99, 153, 207, 261, 315],
               ratios=_RATIOS, steps=[16, 30, 60, 100, 150, 300]),
+    # 384: 300's sizes scaled by 384/300, steps the real strides of maps 24,12,6,3,2,1.
+    384: dict(num_filters=[512, 256, 256, 128], sizes=[26.9, 57.6, 126.7, 195.8, 265.0, 334.1, 403.2],
+              ratios=_RATIOS, steps=[16, 32, 64, 128, 192, 384]),
 }
 # The finest map SSD predicts from. Most boxes of a phone photo of a tank are small (sqrt(area)
 # under a tenth of the side: under 30 px at 300), and a stride-16 map's smallest anchor is 21 px.
@@ -52,7 +55,7 @@ CONFIGS = {
 # (bench/RESULTS.md). 16 is the layout of runs made before (their config.yaml has no first_stride).
 FIRST_STRIDES = (8, 16)
 STRIDE8_FEATURE = "features_linearbottleneck6_relu60_relu6"
-STRIDE8_SIZE = {300: 10, 512: 25.6}
+STRIDE8_SIZE = {300: 10, 384: 12.8, 512: 25.6}
 
 
 def layout(data_shape, first_stride=8):
