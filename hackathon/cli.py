@@ -381,10 +381,13 @@ def show_cmd(rec, out, count, seed):
                    "finish the first).")
 @click.option("--workers", type=int, help="Data loader processes (default: chosen for the cores, "
               "2 on 2 cores; recorded in config.yaml). OMP_NUM_THREADS sets the model's threads.")
+@click.option("--class-balance", default=0.3, show_default=True, type=click.FloatRange(0, 1),
+              help="Rare classes seen more often (repeat-factor sampling): a photo with a class found on a "
+                   "fraction f < T of the training photos comes sqrt(T/f) times an epoch (0: each photo once).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.pass_context
 def train_cmd(ctx, data, out, resume, model, data_shape, first_stride, epochs, batch_size, lr, optimizer, gpus, cpus, kvstore, amp,
-              no_pretrained, freeze_blocks, patience, max_minutes, workers, seed):
+              no_pretrained, freeze_blocks, patience, max_minutes, workers, class_balance, seed):
     """Fine-tune an SSD detector on packed DATA (the `hack pack` folder).
 
     Writes to the run folder: config.yaml, results.csv, curves.png (per epoch: losses, validation
@@ -416,7 +419,7 @@ def train_cmd(ctx, data, out, resume, model, data_shape, first_stride, epochs, b
                       first_stride=int(first_stride), epochs=epochs,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, gpus=gpus, cpus=cpus, kvstore=kvstore, amp=amp,
                       pretrained=not no_pretrained, freeze_blocks=freeze_blocks, patience=patience,
-                      max_minutes=max_minutes, workers=workers, seed=seed)
+                      max_minutes=max_minutes, workers=workers, class_balance=class_balance, seed=seed)
     given = {"no_pretrained": "pretrained"}  # flag parameter -> TrainConfig field
     overrides = {given.get(k, k): getattr(cfg, given.get(k, k)) for k in ctx.params
                  if k not in ("data", "out", "resume") and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}

@@ -462,6 +462,12 @@ def test_a_bad_limit_is_one_line_naming_the_flag(data, tmp_path, extra, message)
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
 
 
+def test_a_bad_class_balance_names_the_flag_and_what_it_takes(data, tmp_path):
+    result = CliRunner().invoke(cli, train_args(data, tmp_path / "run", "--class-balance", "1.5"))
+    assert result.exit_code == 2 and "'--class-balance'" in result.output and "0<=x<=1" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_log_file_gets_one_line_an_epoch_and_a_terminal_gets_the_bars(data, tmp_path, have_weights):
     import fcntl
     import os

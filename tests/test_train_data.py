@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from hackathon.train.augment import SceneShiftAugment, normalize
-from hackathon.train.data import EpochBatches, ssd_targets
+from hackathon.train.data import EpochBatches, repeat_factors, ssd_targets
 from hackathon.train.models import build_ssd
 
 
@@ -87,3 +87,42 @@ def test_epoch_batches_fixed_size_complete_even_shards_and_reproducible():
     assert seen == set(range(11))
     tiny = list(EpochBatches(1, 4))  # fewer photos than a batch: the batch is filled, not short
     assert len(tiny) == 1 and len(tiny[0]) == 4
+
+
+class _Labels:
+    """Records as repeat_factors reads them: the class ids of each photo."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def label(self, i):
+        return np.zeros((len(self.ids[i]), 4), np.float32), np.asarray(self.ids[i], np.int64)
+
+
+def test_repeat_factors_lift_the_photos_of_rare_classes_only():
+    # class 0 on all 10 photos, class 1 on one photo, photo 9 empty
+    recs = _Labels([[0, 1, 0]] + [[0]] * 8 + [[]])
+    r = repeat_factors(recs, 0.4)
+    assert r[0] == pytest.approx(np.sqrt(0.4 / 0.1)) and np.all(r[1:] == 1)
+    assert np.all(repeat_factors(recs, 0) == 1)
+
+
+def test_epoch_batches_with_repeats_fixed_length_each_copy_its_own_key():
+    r = np.array([1.0, 2.5, 1.0, 1.5, 3.0])
+    b = EpochBatches(5, 3, seed=1, repeats=r)
+    for epoch in range(4):
+        b.set_epoch(epoch)
+        keys = [k for x in b for k in x]
+        assert all(len(x) == 3 for x in b) and len(b) == 3  # round(9) samples in batches of 3
+        assert len(set(keys)) == 9 and all(k[0] == epoch for k in keys)  # no key twice: each copy augmented apart
+        n = np.bincount([k[1] for k in keys], minlength=5)
+        assert np.all(n >= np.floor(r)) and np.all(n <= np.ceil(r))
+        assert {k[2] for k in keys if len(k) == 3} <= {1, 2}  # extra copies are (epoch, i, k), k >= 1
+    b.set_epoch(0)
+    assert list(EpochBatches(5, 3, seed=1, repeats=r)) == list(b)  # reproducible: --resume sees the same epoch
+    shards = [EpochBatches(5, 2, seed=1, num_parts=2, part_index=p, repeats=r) for p in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    assert list(EpochBatches(5, 3, seed=1, repeats=np.ones(5))) == list(EpochBatches(5, 3, seed=1))

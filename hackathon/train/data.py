@@ -155,19 +155,43 @@ def _jpeg_size(data):
     return None
 
 
+def repeat_factors(records, threshold):
+    """Per-image repeat factors of repeat-factor sampling (Gupta et al., LVIS, 2019): a class found
+    in a fraction f of the photos gets r = max(1, sqrt(threshold / f)), a photo the largest r of its
+    classes. threshold 0: all ones. E.g. at 0.3 a class on 9% of the photos is seen ~1.8x as often,
+    one on 44% as before."""
+    n = len(records)
+    ids = [np.unique(records.label(i)[1]) for i in range(n)]
+    if not threshold or not n:
+        return np.ones(n)
+    counts = {}
+    for row in ids:
+        for c in row:
+            counts[int(c)] = counts.get(int(c), 0) + 1
+    r_class = {c: max(1.0, math.sqrt(threshold / (k / n))) for c, k in counts.items()}
+    return np.array([max([r_class[int(c)] for c in row], default=1.0) for row in ids])
+
+
 class EpochBatches:
     """Batches of sample keys ``(epoch, i)`` for one shard: a seeded permutation each epoch, split
     into ``num_parts`` equal shards (several machines) and batches of exactly ``batch_size``.
 
     Shards and the last batch are filled by wrapping around the epoch's order, so every machine
     runs the same number of steps (dist_sync waits for all) and every batch has one shape.
+
+    ``repeats`` (:func:`repeat_factors`, one per sample): each epoch sample i comes floor(r_i)
+    times, and once more for the epoch's remaining places, drawn (seeded) in proportion to r_i's
+    fraction, so every epoch has the same length, round(sum r). The k-th extra copy is key
+    ``(epoch, i, k)`` (augmented its own way).
     """
 
-    def __init__(self, n, batch_size, seed=0, num_parts=1, part_index=0, shuffle=True):
-        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+    def __init__(self, n, batch_size, seed=0, num_parts=1, part_index=0, shuffle=True, repeats=None):
+        self.base_n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.repeats = None if repeats is None or np.allclose(repeats, 1) else np.asarray(repeats, np.float64)
+        self.n = n if self.repeats is None else int(round(self.repeats.sum()))
         self.num_parts, self.part_index = num_parts, part_index
         self.epoch = 0
-        self.per_part = math.ceil(n / num_parts)
+        self.per_part = math.ceil(self.n / num_parts)
         self.steps = math.ceil(self.per_part / batch_size)
 
     def set_epoch(self, epoch):
@@ -176,14 +200,30 @@ class EpochBatches:
     def __len__(self):
         return self.steps
 
+    def _keys(self):
+        """This epoch's sample keys, in order."""
+        rs = np.random.RandomState([self.seed, self.epoch])
+        if self.repeats is None:
+            order = rs.permutation(self.n) if self.shuffle else np.arange(self.n)
+            return [(self.epoch, int(i)) for i in order]
+        counts = np.floor(self.repeats).astype(int)
+        frac = self.repeats - counts
+        extra = self.n - counts.sum()
+        if extra > 0:
+            counts[rs.choice(self.base_n, extra, replace=False, p=frac / frac.sum())] += 1
+        keys = [(self.epoch, i) if k == 0 else (self.epoch, i, k) for i in range(self.base_n) for k in range(counts[i])]
+        order = rs.permutation(len(keys)) if self.shuffle else np.arange(len(keys))
+        return [keys[j] for j in order]
+
     def __iter__(self):
-        order = np.random.RandomState([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        keys = self._keys()
+        order = np.arange(len(keys))
         need = self.per_part * self.num_parts
         order = np.resize(order, need)  # wraps around
         mine = order[self.part_index::self.num_parts]
         mine = np.resize(mine, self.steps * self.batch_size)
         for s in range(self.steps):
-            yield [(self.epoch, int(i)) for i in mine[s * self.batch_size:(s + 1) * self.batch_size]]
+            yield [keys[int(j)] for j in mine[s * self.batch_size:(s + 1) * self.batch_size]]
 
 
 class TrainSamples:
@@ -197,8 +237,8 @@ class TrainSamples:
         return len(self.records)
 
     def __getitem__(self, key):
-        epoch, i = key
-        rng = np.random.default_rng([self.seed, epoch, i])
+        epoch, i = key[:2]  # (epoch, i, k): the k-th extra copy of sample i in a repeat-factor epoch
+        rng = np.random.default_rng([self.seed, *key])
         img, boxes, ids = self.records.read(i)
         x, boxes, ids = self.augment(img, boxes, ids, rng)
         cls_t, box_t = self.targets(boxes, ids)
