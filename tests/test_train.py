@@ -468,6 +468,19 @@ def test_a_bad_class_balance_names_the_flag_and_what_it_takes(data, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_class_balance_repeats_the_rarer_class_in_a_real_training(data, tmp_path, have_weights):
+    from hackathon.train.data import DetectionRecords, EpochBatches, repeat_factors
+
+    recs = DetectionRecords(data / "train.rec", len(CLASSES))
+    r = repeat_factors(recs, 1.0)  # both classes are on half the photos or more: lifted only at T = 1
+    assert r.min() >= 1 and r.max() > 1
+    assert len(EpochBatches(len(recs), 2, repeats=r)) > len(EpochBatches(len(recs), 2))
+    run = tmp_path / "run"  # extra copies (epoch, i, k) go through a loader worker process
+    result = CliRunner().invoke(cli, train_args(data, run, "--class-balance", "1", "--epochs", "1", "--workers", "1"))
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["class_balance"] == 1.0
+
+
 def test_a_log_file_gets_one_line_an_epoch_and_a_terminal_gets_the_bars(data, tmp_path, have_weights):
     import fcntl
     import os

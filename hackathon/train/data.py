@@ -18,6 +18,7 @@ Example
 """
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -161,15 +162,12 @@ def repeat_factors(records, threshold):
     classes. threshold 0: all ones. E.g. at 0.3 a class on 9% of the photos is seen ~1.8x as often,
     one on 44% as before."""
     n = len(records)
-    ids = [np.unique(records.label(i)[1]) for i in range(n)]
     if not threshold or not n:
         return np.ones(n)
-    counts = {}
-    for row in ids:
-        for c in row:
-            counts[int(c)] = counts.get(int(c), 0) + 1
-    r_class = {c: max(1.0, math.sqrt(threshold / (k / n))) for c, k in counts.items()}
-    return np.array([max([r_class[int(c)] for c in row], default=1.0) for row in ids])
+    ids = [set(records.label(i)[1].tolist()) for i in range(n)]
+    photos_with = Counter(c for row in ids for c in row)
+    r_class = {c: max(1.0, math.sqrt(threshold / (k / n))) for c, k in photos_with.items()}
+    return np.array([max([r_class[c] for c in row], default=1.0) for row in ids])
 
 
 class EpochBatches:
@@ -217,9 +215,7 @@ class EpochBatches:
 
     def __iter__(self):
         keys = self._keys()
-        order = np.arange(len(keys))
-        need = self.per_part * self.num_parts
-        order = np.resize(order, need)  # wraps around
+        order = np.resize(np.arange(len(keys)), self.per_part * self.num_parts)  # wraps around
         mine = order[self.part_index::self.num_parts]
         mine = np.resize(mine, self.steps * self.batch_size)
         for s in range(self.steps):
@@ -237,7 +233,7 @@ class TrainSamples:
         return len(self.records)
 
     def __getitem__(self, key):
-        epoch, i = key[:2]  # (epoch, i, k): the k-th extra copy of sample i in a repeat-factor epoch
+        i = key[1]  # key (epoch, i), or (epoch, i, k): the k-th extra copy of sample i in a repeat-factor epoch
         rng = np.random.default_rng([self.seed, *key])
         img, boxes, ids = self.records.read(i)
         x, boxes, ids = self.augment(img, boxes, ids, rng)
