@@ -375,6 +375,10 @@ def show_cmd(rec, out, count, seed):
 @click.option("--patience", type=int,
               help="Stop after this many epochs without a better val mAP (0: never). Default: 10, or 0 with "
                    "--max-minutes.")
+@click.option("--val-every", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Validate after every N-th epoch. 0: whenever the training since the last validation is 5x "
+                   "what one takes (every epoch or two on large sets, every few on small ones, where validating each "
+                   "epoch ate a third of a 10-minute budget). The last epoch is always validated.")
 @click.option("--max-minutes", default=0.0, type=float,
               help="Time budget for the whole command, the last validation and saves included: the learning rate "
                    "anneals to its end, and only whole epochs are trained (one cut short if the budget cannot "
@@ -387,7 +391,7 @@ def show_cmd(rec, out, count, seed):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.pass_context
 def train_cmd(ctx, data, out, resume, model, data_shape, first_stride, epochs, batch_size, lr, optimizer, gpus, cpus, kvstore, amp,
-              no_pretrained, freeze_blocks, patience, max_minutes, workers, class_balance, seed):
+              no_pretrained, freeze_blocks, patience, val_every, max_minutes, workers, class_balance, seed):
     """Fine-tune an SSD detector on packed DATA (the `hack pack` folder).
 
     Writes to the run folder: config.yaml, results.csv, curves.png (per epoch: losses, validation
@@ -419,7 +423,7 @@ def train_cmd(ctx, data, out, resume, model, data_shape, first_stride, epochs, b
                       first_stride=int(first_stride), epochs=epochs,
                       batch_size=batch_size, lr=lr, optimizer=optimizer, gpus=gpus, cpus=cpus, kvstore=kvstore, amp=amp,
                       pretrained=not no_pretrained, freeze_blocks=freeze_blocks, patience=patience,
-                      max_minutes=max_minutes, workers=workers, class_balance=class_balance, seed=seed)
+                      val_every=val_every, max_minutes=max_minutes, workers=workers, class_balance=class_balance, seed=seed)
     given = {"no_pretrained": "pretrained"}  # flag parameter -> TrainConfig field
     overrides = {given.get(k, k): getattr(cfg, given.get(k, k)) for k in ctx.params
                  if k not in ("data", "out", "resume") and ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}

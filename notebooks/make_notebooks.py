@@ -231,8 +231,9 @@ print(summary)""",
     """from hackathon.train.rundir import RunDir
 
 for row in RunDir.open(WORK / "run").read_results():
+    val = "not validated" if row["val_map50"] is None else f"{row['val_map50']:.4f}"  # --val-every
     print(f"epoch {row['epoch']:>5g}: class loss {row['cls_loss']:.3f}, box loss {row['box_loss']:.3f}, "
-          f"val mAP@0.5 {row['val_map50']:.4f}")
+          f"val mAP@0.5 {val}")
 display(Image(filename=str(WORK / "run" / "curves.png"), width=900))""",
     """md:**Reading the curves.** Both losses should fall; the class loss first (background is easy),
 the box loss slower. The validation mAP@0.5 (VOC07) is what counts: the fraction of objects found

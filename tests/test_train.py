@@ -138,9 +138,13 @@ def test_resume_after_sigkill_ends_where_an_uninterrupted_run_ends(data, tmp_pat
     ra = (whole / "results.csv").read_text().splitlines()
     rb = (killed / "results.csv").read_text().splitlines()
     assert len(ra) == len(rb) == 4
-    for x, y in zip(ra[1:], rb[1:]):
-        np.testing.assert_allclose([float(v) for v in x.split(",")[1:5]], [float(v) for v in y.split(",")[1:5]],
+    for x, y in zip(ra[1:], rb[1:]):  # lr and losses; the val mAP where both validated (--val-every 0 decides)
+        np.testing.assert_allclose([float(v) for v in x.split(",")[1:4]], [float(v) for v in y.split(",")[1:4]],
                                    rtol=1e-3, atol=1e-4)
+        if x.split(",")[4] and y.split(",")[4]:
+            assert float(x.split(",")[4]) == pytest.approx(float(y.split(",")[4]), abs=1e-4)
+    assert ra[-1].split(",")[4] and rb[-1].split(",")[4]  # the last epoch is always validated
+    assert not list(killed.glob(".last*"))  # no checkpoint left waiting beside its name
 
 
 def test_dist_sync_parameter_server_two_workers_end_with_identical_weights(data, tmp_path, have_weights):
@@ -251,7 +255,8 @@ def test_early_stopping_after_patience_epochs_without_a_better_map(data, tmp_pat
     scores = iter([0.10, 0.20, 0.15, 0.19, 0.30, 0.40])  # validation mAP per epoch, scripted
     monkeypatch.setattr(t, "validate", lambda *a, **k: next(scores))
     lines = []
-    cfg = t.TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=6, batch_size=2, workers=0, patience=2)
+    cfg = t.TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=6, batch_size=2, workers=0, patience=2,
+                        val_every=1)
     summary = t.train(cfg, progress=False, echo=lines.append)
     assert summary["epochs_done"] == 4 and summary["best_epoch"] == 2 and summary["best_map50"] == 0.20
     assert "stopped early: no better val mAP for 2 epochs; the best was 0.2000 at epoch 2" in lines[-1]
@@ -373,7 +378,7 @@ def test_the_nan_advice_is_a_command_that_works(data, tmp_path, have_weights):
 class FakeClock:
     """time.time() that moves only as training does: 10 s a batch, 5 s a validation (no timed tests)."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, val_seconds=5, scores=None):
         import hackathon.train.loop as t
 
         self.now = 1000.0
@@ -391,9 +396,15 @@ class FakeClock:
                     clock.now += 10
                     yield batch
 
+        scores = iter(scores) if scores is not None else None
+
         def validate(*args, **kwargs):
-            self.now += 5
-            return 0.1  # never better after epoch 1: the default patience would stop a run at epoch 11
+            self.now += val_seconds
+            self.validations += 1
+            # default: never better after epoch 1, so the default patience would stop a run at epoch 11
+            return 0.1 if scores is None else next(scores)
+
+        self.validations = 0
 
         monkeypatch.setattr(t, "train_loader", Loader)
         monkeypatch.setattr(t, "validate", validate)
@@ -401,6 +412,59 @@ class FakeClock:
 
 def read_state(run):
     return json.loads((run / "state.json").read_text())
+
+
+def test_val_every_0_validates_once_training_outweighs_a_validation_five_to_one(data, tmp_path, monkeypatch,
+                                                                                have_weights):
+    """3 batches of 10 s an epoch, 20 s a validation: the first epoch, then every 4th (120 s >= 5 x 20 s), and the
+    last whatever its turn; the epochs between keep last.params and their row, with an empty val mAP."""
+    clock = FakeClock(monkeypatch, val_seconds=20)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, train_args(data, run, "--epochs", "6"))
+    assert result.exit_code == 0, result.output
+    rows = RunDirRows(run)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["val_map50"] is not None for r in rows] == [True, False, False, False, True, True]
+    assert clock.validations == 3 and "validated epoch 6 (the last): val mAP@0.5 0.1000" in result.output
+    line = next(l for l in result.output.splitlines() if l.startswith("epoch 2/6: loss"))
+    assert "val mAP" not in line
+    assert ",,"  in (run / "results.csv").read_text().splitlines()[2]  # epoch 2: no val mAP, not a zero
+    assert read_state(run)["epochs_done"] == 6 and (run / "curves.png").stat().st_size > 0
+    assert not list(run.glob(".last*"))  # every checkpoint in place
+
+
+def test_val_every_n_and_patience_counts_the_epochs_between_validations(data, tmp_path, monkeypatch, have_weights):
+    FakeClock(monkeypatch, scores=[0.2, 0.1, 0.3])
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, train_args(data, run, "--epochs", "10", "--val-every", "2", "--patience", "2"))
+    assert result.exit_code == 0, result.output
+    assert [r["val_map50"] for r in RunDirRows(run)] == [None, 0.2, None, 0.1]
+    state = read_state(run)
+    assert state["best_epoch"] == 2 and state["bad_epochs"] == 2 and state["stopped_by"] == "early stop"
+    assert "no better val mAP for 2 epochs; the best was 0.2000 at epoch 2" in result.output
+
+    result = CliRunner().invoke(cli, train_args(data, tmp_path / "bad", "--val-every", "-1"))
+    assert result.exit_code == 2 and "--val-every" in result.output and "Traceback" not in result.output
+
+
+def test_a_checkpoint_waiting_beside_its_name_goes_into_place_only_with_its_state(tmp_path):
+    """A kill between an epoch's last.params and its state.json: the next read keeps weights and state at one epoch."""
+    from hackathon.train.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    (tmp_path / "last.params").write_bytes(b"epoch 1")
+    (tmp_path / "last.states").write_bytes(b"opt 1")
+    (tmp_path / "state.json").write_text(json.dumps({"epochs_done": 1}))
+    (tmp_path / ".last.params.epoch-2").write_bytes(b"epoch 2")  # killed before state.json said 2
+    assert run.read_state()["epochs_done"] == 1
+    assert (tmp_path / "last.params").read_bytes() == b"epoch 1" and not list(tmp_path.glob(".last*"))
+
+    (tmp_path / ".last.params.epoch-2").write_bytes(b"epoch 2")  # killed after state.json said 2, before the rename
+    (tmp_path / ".last.states.epoch-2").write_bytes(b"opt 2")
+    (tmp_path / "state.json").write_text(json.dumps({"epochs_done": 2}))
+    assert run.read_state()["epochs_done"] == 2
+    assert (tmp_path / "last.params").read_bytes() == b"epoch 2" and (tmp_path / "last.states").read_bytes() == b"opt 2"
+    assert not list(tmp_path.glob(".last*"))
 
 
 def test_the_budget_wins_holds_the_last_validation_and_says_what_limited_the_run(data, tmp_path, monkeypatch,

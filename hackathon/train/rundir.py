@@ -3,20 +3,24 @@
 Layout::
 
     RUN/config.yaml      the resolved config, the class list, the package versions, the devices
-    RUN/results.csv      one line per epoch: losses, learning rate, validation mAP, images/s (an epoch
-                         the time budget cut short is a fraction: 8.25 is the first quarter of epoch 9)
+    RUN/results.csv      one line per epoch: losses, learning rate, validation mAP (empty on an epoch
+                         not validated: --val-every), images/s (an epoch the time budget cut short is
+                         a fraction: 8.25 is the first quarter of epoch 9)
     RUN/curves.png       the same as pictures
     RUN/last.params      weights after the last finished epoch; RUN/last.states: the optimizer's
     RUN/best.params      weights of the epoch with the best validation mAP
     RUN/state.json       where to resume: epochs done, best mAP and epoch, epochs without gain, the
                          budget seconds used; and what stopped the run (stopped_by, stopped)
 
-Every file is written beside its final name and renamed when whole, and ``state.json`` last: a run
-killed at any instant resumes from a consistent last finished epoch.
+Every file is written beside its final name and renamed when whole, and ``state.json`` last; an
+epoch's last.params/last.states wait beside their names (``.last.params.epoch-N``) until state.json
+says epoch N is done, and go into place then (or on the next read of state.json). A run killed at
+any instant resumes from a consistent last finished epoch: weights, optimizer and state.json agree.
 """
 import csv
 import io
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -108,38 +112,64 @@ class RunDir:
         """The resume point, or None before the first epoch finished."""
         if not self.state.is_file():
             return None
-        return json.loads(self.state.read_text("utf-8"))
+        state = json.loads(self.state.read_text("utf-8"))
+        self._settle(state["epochs_done"])  # a run killed between its checkpoint and state.json
+        return state
 
-    def save_epoch(self, net, trainer, state: dict, results: list, improved: bool, whole: bool = True):
-        """Checkpoint after an epoch: weights, optimizer, results, curves, and state.json last. After
-        an epoch the time budget cut short (not `whole`) last.params stays at the last whole epoch,
-        where a resume starts; best.params takes it when it validated better."""
-        if whole:
-            save_params(net, self.last)
-            with atomic_path(self.last_states) as tmp:
+    def save_epoch(self, net, trainer, state: dict, results: list, improved: bool, whole: bool = True,
+                   plot: bool = True):
+        """Checkpoint after an epoch: weights, optimizer, results, curves (`plot`: drawn after a
+        validation only, they cost ~0.4 s), and state.json last. After an epoch the time budget cut
+        short (not `whole`) last.params stays at the last whole epoch, where a resume starts;
+        best.params takes it when it validated better."""
+        if whole:  # beside their names until state.json says this epoch is done: a kill in between
+            epoch = state["epochs_done"]  # leaves last.* and state.json at the same epoch (read_state)
+            save_params(net, self._pending(self.last, epoch))
+            with atomic_path(self._pending(self.last_states, epoch)) as tmp:
                 trainer.save_states(str(tmp))
         if improved:
             save_params(net, self.best)
-        self.write_results(results)
+        self.write_results(results, plot=plot)
         write_json_atomic(self.state, state)
+        if whole:
+            self._settle(epoch)
+
+    def _pending(self, final, epoch):
+        return final.with_name(f".{final.name}.epoch-{epoch}")
+
+    def _settle(self, epoch):
+        """The checkpoint of `epoch` (state.json's) into place; any other pending one is dropped."""
+        for final in (self.last, self.last_states):
+            for pending in final.parent.glob(f".{final.name}.epoch-*"):
+                if pending.name == self._pending(final, epoch).name:
+                    os.replace(pending, final)
+                else:
+                    pending.unlink()
 
     def read_results(self) -> list:
         if not self.results.is_file():
             return []
         with open(self.results, newline="", encoding="utf-8") as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            # an epoch not validated (--val-every) has an empty val_map50: None
+            return [{k: float(v) if v != "" else None for k, v in row.items()} for row in csv.DictReader(f)]
 
-    def write_results(self, results: list):
+    def write_results(self, results: list, plot: bool = True):
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
         w.writeheader()
         for row in results:
             w.writerow({k: (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]) for k in RESULT_FIELDS})
         write_text_atomic(self.results, buf.getvalue())
-        plot_curves(results, self.curves)
+        if plot:
+            plot_curves(results, self.curves)
 
 
 def save_params(net, path):
+    import mxnet as mx
+
+    # BatchNorm's running statistics, written in place by a static_alloc graph, can still be in flight:
+    # saved right after the last training step (no validation between) they missed its update.
+    mx.nd.waitall()
     with atomic_path(path) as tmp:
         net.save_parameters(str(tmp))
 
@@ -157,9 +187,10 @@ def plot_curves(results, path):
     axes[0].plot(epochs, [r["box_loss"] for r in results], "o-", label="box (smooth L1)")
     axes[0].set_title("training loss")
     axes[0].legend()
-    axes[1].plot(epochs, [r["val_map50"] for r in results], "o-", color="tab:green")
+    validated = [r for r in results if r["val_map50"] is not None]  # --val-every: not every epoch
+    axes[1].plot([r["epoch"] for r in validated], [r["val_map50"] for r in validated], "o-", color="tab:green")
     axes[1].set_title("validation mAP@0.5 (VOC07)")
-    axes[1].set_ylim(0, max(0.05, max((r["val_map50"] for r in results), default=0) * 1.15))
+    axes[1].set_ylim(0, max(0.05, max((r["val_map50"] for r in validated), default=0) * 1.15))
     axes[2].plot(epochs, [r["lr"] for r in results], "o-", color="tab:gray")
     axes[2].set_title("learning rate (end of epoch)")
     for ax in axes:
