@@ -377,8 +377,8 @@ def show_cmd(rec, out, count, seed):
                    "--max-minutes.")
 @click.option("--val-every", default=0, show_default=True, type=click.IntRange(min=0),
               help="Validate after every N-th epoch. 0: whenever the training since the last validation is 5x "
-                   "what one takes (every epoch or two on large sets, every few on small ones, where validating each "
-                   "epoch ate a third of a 10-minute budget). The last epoch is always validated.")
+                   "what one takes with its saves (on 32 photos, 10 minutes: 39 of 99 epochs validated). The last epoch "
+                   "is always validated.")
 @click.option("--max-minutes", default=0.0, type=float,
               help="Time budget for the whole command, the last validation and saves included: the learning rate "
                    "anneals to its end, and only whole epochs are trained (one cut short if the budget cannot "

@@ -247,8 +247,9 @@ much more. If the loss goes up or becomes NaN, lower the learning rate (`--lr`).
 - Change `data_shape` to 512: small objects are found better; each step costs ~3x.""",
     """md:## The loop: the first detector pre-fills labelme, the team only corrects
 
-Labeling is the longest hour of the evening. Once ~40 photos are labelled, a 10-minute detector
-already finds many boxes of the rest, and correcting a box is quicker than drawing it:
+Labeling is the longest hour of the evening. Correcting a box is quicker than drawing it, once a
+model places boxes tight enough to keep; on the aquarium set a 10-minute detector on 40 photos does
+not yet (bench/RESULTS.md, prefill: its classes are switched off and it pre-fills almost nothing):
 
 1. label ~40 photos (`hack label --order typical --batch 40`: the most typical, varied ones first)
 2. `hack pack photos --out data` and `hack train data --out run --max-minutes 10`
