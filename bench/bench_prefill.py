@@ -44,7 +44,6 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data" / "aquarium-scene-a"
 WORK = ROOT / "bench" / "work" / "prefill"
 KEEP_IOU, FIX_IOU = 0.7, 0.3
-DEFAULT_TILES = 2  # hack prefill's --tiles default
 
 
 def hack(*args):
@@ -127,10 +126,9 @@ def diagnose(run, hidden, tiles):
                           np.array([classes.index(c) for c, _ in truth])[None])
         out[f"map{round(iou * 100)}"] = float(metric.get()[1][-1])
 
-    def total(thresholds):
-        kept = [([(c, b) for c, b, s in rows if s >= thresholds[c]], truth) for rows, truth in seen]
-        done = sum(sum(v for k, v in actions(p, t).items() if k != "keep") for p, t in kept)
-        return done
+    def total(thresholds):  # actions with these per-class thresholds
+        return sum(sum(v for k, v in actions([(c, b) for c, b, s in rows if s >= thresholds[c]], truth).items()
+                       if k != "keep") for rows, truth in seen)
 
     # coordinate descent over the classes: each class's best threshold given the others (twice)
     thresholds = {c: 2.0 for c in classes}
@@ -164,6 +162,8 @@ def round_(ws, n, minutes, hidden, seed):
             photo.with_suffix(".json").unlink(missing_ok=True)
         hack("--project", ws, "prefill", run, *extra)
         result = results[name] = measure(ws / "photos", hidden)
+        from hackathon.deploy.prefill import DEFAULT_TILES  # hack prefill's --tiles default
+
         result.update(diagnose(run, hidden, 0 if extra else DEFAULT_TILES))
         print(f"round {n} ({name}): {result['photos']} photos pre-filled, {result['truth']} true boxes; keep "
               f"{result['keep']}, fix {result['fix']}, delete {result['delete']}, add {result['add']}: "
@@ -188,6 +188,8 @@ def main(argv=None):
     photos = sorted(p for p in SHARED.glob("*.jpg") if p.with_suffix(".json").is_file())
     random.Random(args.seed).shuffle(photos)
     photos = photos[:args.photos or None]
+    if args.first < 1 or args.more < 0:
+        sys.exit(f"--first must be at least 1 and --more at least 0 (got {args.first}, {args.more})")
     if args.first + args.more >= len(photos):
         sys.exit(f"--first {args.first} + --more {args.more} leaves no photo to pre-fill of {len(photos)}")
     shutil.rmtree(WORK, ignore_errors=True)
